@@ -1,0 +1,63 @@
+// AVX2 + FMA + F16C dot products (compiled with -mavx2 -mfma -mf16c; only called when the
+// CPU probe reports these features).
+#include <immintrin.h>
+
+#include "cpu/kernels.h"
+
+namespace tpserve::kernels {
+namespace {
+
+inline float HorizontalSum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+inline __m256 LoadF32(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline __m256 LoadF16(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 LoadBf16(const uint16_t* p) {
+  __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+template <typename T, __m256 (*Load)(const T*), float (*Scalar)(T)>
+float DotImpl(const float* x, const void* wv, int k) {
+  const T* w = static_cast<const T*>(wv);
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= k; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), Load(w + i), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), Load(w + i + 8), a1);
+  }
+  for (; i + 8 <= k; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), Load(w + i), a0);
+  float sum = HorizontalSum(_mm256_add_ps(a0, a1));
+  for (; i < k; ++i) sum += x[i] * Scalar(w[i]);
+  return sum;
+}
+
+float ScalarF32(float v) {
+  return v;
+}
+
+}  // namespace
+
+const CpuKernelTable* Avx2Kernels() {
+  static const CpuKernelTable table = [] {
+    CpuKernelTable t;
+    t.isa = "avx2";
+    t.dot[static_cast<int>(DType::kF32)] = DotImpl<float, LoadF32, ScalarF32>;
+    t.dot[static_cast<int>(DType::kF16)] = DotImpl<uint16_t, LoadF16, F16ToF32>;
+    t.dot[static_cast<int>(DType::kBF16)] = DotImpl<uint16_t, LoadBf16, Bf16ToF32>;
+    return t;
+  }();
+  return &table;
+}
+
+}  // namespace tpserve::kernels

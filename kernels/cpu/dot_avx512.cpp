@@ -1,0 +1,53 @@
+// AVX-512 dot products (compiled with -mavx512f -mavx512bw; only called when the CPU probe
+// reports these features). The tail uses a masked load, so no scalar remainder loop.
+#include <immintrin.h>
+
+#include "cpu/kernels.h"
+
+namespace tpserve::kernels {
+namespace {
+
+inline __m512 LoadF32(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+inline __m512 LoadF16(const uint16_t* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
+  __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+template <typename T, __m512 (*Load)(const T*, __mmask16)>
+float DotImpl(const float* x, const void* wv, int k) {
+  const T* w = static_cast<const T*>(wv);
+  constexpr __mmask16 kAll = 0xffff;
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= k; i += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), Load(w + i, kAll), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), Load(w + i + 16, kAll), a1);
+  }
+  for (; i < k; i += 16) {
+    const int left = k - i;
+    const __mmask16 m = left >= 16 ? kAll : static_cast<__mmask16>((1u << left) - 1u);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), Load(w + i, m), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+}  // namespace
+
+const CpuKernelTable* Avx512Kernels() {
+  static const CpuKernelTable table = [] {
+    CpuKernelTable t;
+    t.isa = "avx512";
+    t.dot[static_cast<int>(DType::kF32)] = DotImpl<float, LoadF32>;
+    t.dot[static_cast<int>(DType::kF16)] = DotImpl<uint16_t, LoadF16>;
+    t.dot[static_cast<int>(DType::kBF16)] = DotImpl<uint16_t, LoadBf16>;
+    return t;
+  }();
+  return &table;
+}
+
+}  // namespace tpserve::kernels

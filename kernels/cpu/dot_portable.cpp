@@ -1,0 +1,46 @@
+// Portable dot products: the reference path and the fallback on CPUs without AVX2.
+#include "cpu/kernels.h"
+
+namespace tpserve::kernels {
+namespace {
+
+template <typename Load>
+inline float DotGeneric(const float* x, int k, Load load) {
+  // 8 independent partial sums break the add dependency chain and fix the summation order.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= k; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] * load(i + j);
+  }
+  for (; i < k; ++i) acc[i & 7] += x[i] * load(i);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+float DotF32(const float* x, const void* w, int k) {
+  const float* wf = static_cast<const float*>(w);
+  return DotGeneric(x, k, [wf](int i) { return wf[i]; });
+}
+float DotF16(const float* x, const void* w, int k) {
+  const uint16_t* wh = static_cast<const uint16_t*>(w);
+  return DotGeneric(x, k, [wh](int i) { return F16ToF32(wh[i]); });
+}
+float DotBf16(const float* x, const void* w, int k) {
+  const uint16_t* wh = static_cast<const uint16_t*>(w);
+  return DotGeneric(x, k, [wh](int i) { return Bf16ToF32(wh[i]); });
+}
+
+}  // namespace
+
+const CpuKernelTable& PortableKernels() {
+  static const CpuKernelTable table = [] {
+    CpuKernelTable t;
+    t.isa = "portable";
+    t.dot[static_cast<int>(DType::kF32)] = DotF32;
+    t.dot[static_cast<int>(DType::kF16)] = DotF16;
+    t.dot[static_cast<int>(DType::kBF16)] = DotBf16;
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace tpserve::kernels

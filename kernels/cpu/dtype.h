@@ -1,0 +1,40 @@
+// Storage dtypes of weights and their conversions to and from f32 (scalar, portable).
+// Activations are always f32; weights stay in their storage dtype and are widened in registers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace tpserve::kernels {
+
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+inline size_t DTypeSize(DType t) {
+  return t == DType::kF32 ? 4 : 2;
+}
+const char* DTypeName(DType t);                        // "f32", "f16", "bf16"
+bool ParseDType(const std::string& name, DType* out);  // accepts f32/float32, f16/float16/half, bf16/bfloat16
+
+inline float Bf16ToF32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+// Round to nearest even; NaN stays NaN (quiet).
+inline uint16_t F32ToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+float F16ToF32(uint16_t h);
+uint16_t F32ToF16(float f);  // round to nearest even, overflow to inf
+
+// Converts n elements between storage dtypes (any pair).
+void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, size_t n);
+
+}  // namespace tpserve::kernels

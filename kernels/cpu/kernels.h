@@ -1,0 +1,65 @@
+// CPU kernels used by the engine. Activations are f32; weights are f32, f16 or bf16 and are
+// widened to f32 in registers; every dot product accumulates in f32.
+//
+// Variants of the dot product (the only hot loop of batch-1 decode), one per ISA:
+//   portable : plain C++, 8 independent accumulators (fixed order, so results are reproducible)
+//   avx2     : AVX2 + FMA + F16C, 2x8 lanes
+//   avx512   : AVX-512F/BW, 2x16 lanes, masked tail
+// The table is filled once at start-up from a CPU feature probe (SelectIsa / ActiveKernels);
+// TPSERVE_ISA=portable|avx2|avx512 forces a path (for tests and benchmarks).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu/dtype.h"
+
+namespace tpserve::kernels {
+
+// dot(x, w) over k elements; x is f32, w is in the table entry's dtype.
+using DotFn = float (*)(const float* x, const void* w, int k);
+
+struct CpuKernelTable {
+  const char* isa = "portable";
+  DotFn dot[3] = {nullptr, nullptr, nullptr};  // indexed by DType
+};
+
+const CpuKernelTable& PortableKernels();
+const CpuKernelTable* Avx2Kernels();    // nullptr when not compiled in
+const CpuKernelTable* Avx512Kernels();  // nullptr when not compiled in
+
+// ISA names this CPU can run, best first (always ends with "portable").
+std::vector<std::string> SupportedIsas();
+// The kernels chosen at start-up (best supported ISA, or TPSERVE_ISA when set and supported).
+const CpuKernelTable& ActiveKernels();
+// Table for a named ISA, or nullptr if unknown/unsupported on this CPU.
+const CpuKernelTable* KernelsForIsa(const std::string& isa);
+
+// y(n, m) = x(n, k) * w(m, k)^T with w in dtype wt. Row-major, dense.
+void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
+              float* y);
+inline void MatmulNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y) {
+  MatmulNT(ActiveKernels(), x, n, w, wt, m, k, y);
+}
+
+// y(n) = x(n) / rms(x) * weight(n), rms = sqrt(mean(x^2) + eps). x and y may alias.
+void RmsNorm(const float* x, const float* weight, int n, float eps, float* y);
+
+// Rotary embedding, rotate-half (HF Llama) convention, in place on one head vector:
+//   for i < d/2: (x[i], x[i+d/2]) <- (x[i] c - x[i+d/2] s, x[i+d/2] c + x[i] s), c,s =
+//   cos,sin(pos*inv_freq[i])
+// cos_sin: (d/2) cos values followed by (d/2) sin values for this position.
+void RopeRotateHalf(float* x, int head_dim, const float* cos_sin);
+
+// out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
+void SiluMul(const float* gate, const float* up, int n, float* out);
+
+// Causal attention of one query head against npos cached keys/values of its KV head.
+//   q: (d)   k, v: npos rows of d floats, row stride kv_stride   out: (d)
+//   scratch: at least npos floats. Softmax is max-subtracted, scale = 1/sqrt(d) passed in.
+void AttentionHead(const float* q, const float* k, const float* v, int npos, int d, size_t kv_stride,
+                   float scale, float* scratch, float* out);
+
+}  // namespace tpserve::kernels
