@@ -1,0 +1,126 @@
+#include "model/weights.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "common/log.h"
+
+namespace tpserve {
+
+using kernels::DType;
+
+HostTensor::HostTensor(DType dtype, int64_t rows, int64_t cols) : dtype_(dtype), rows_(rows), cols_(cols) {
+  // 64-byte alignment: one cache line / one AVX-512 register; aligned_alloc needs a multiple of it.
+  const size_t n = (bytes() + 63) / 64 * 64;
+  data_.reset(std::aligned_alloc(64, n == 0 ? 64 : n));
+}
+
+namespace {
+
+// Collects the slices one rank needs, then reads them (so the progress line knows the total).
+class Loader {
+ public:
+  Loader(const Checkpoint& ckpt, DType dtype) : ckpt_(ckpt), dtype_(dtype) {}
+
+  // Rows x cols of `name` viewed as (rows, cols); an end of -1 means the whole dimension.
+  void Slice(const std::string& name, Range rows, Range cols, bool f32, bool replicated, HostTensor* out) {
+    jobs_.push_back({name, rows, cols, f32, replicated, out});
+  }
+  void Whole(const std::string& name, HostTensor* out) { Slice(name, {0, -1}, {0, -1}, true, true, out); }
+  void Rows(const std::string& name, Range rows, HostTensor* out, bool f32 = false) {
+    Slice(name, rows, {0, -1}, f32, false, out);
+  }
+  void Cols(const std::string& name, Range cols, HostTensor* out) {
+    Slice(name, {0, -1}, cols, false, false, out);
+  }
+
+  Status Run(bool progress, LoadStats* stats) {
+    uint64_t total = 0;
+    for (Job& j : jobs_) {
+      j.info = ckpt_.Find(j.name);
+      if (j.info == nullptr) return TPS_ERROR("checkpoint is missing tensor '{}'", j.name);
+      if (j.rows.end < 0) j.rows = {0, j.info->rows()};
+      if (j.cols.end < 0) j.cols = {0, j.info->cols()};
+      total += static_cast<uint64_t>(j.rows.size() * j.cols.size()) *
+               (j.info->nbytes / std::max<int64_t>(1, j.info->numel()));
+    }
+    uint64_t done = 0;
+    int last_decile = -1;
+    for (Job& j : jobs_) {
+      *j.out = HostTensor(j.f32 ? DType::kF32 : dtype_, j.rows.size(), j.cols.size());
+      uint64_t read = 0;
+      TPS_RETURN_IF_ERROR(ckpt_.ReadSlice(*j.info, j.rows.begin, j.rows.end, j.cols.begin, j.cols.end,
+                                          j.out->dtype(), j.out->data(), &read));
+      (j.replicated ? stats->replicated_bytes : stats->sharded_bytes) += read;
+      stats->resident_bytes += j.out->bytes();
+      done += read;
+      const int decile = static_cast<int>(10 * done / std::max<uint64_t>(1, total));
+      if (progress && total >= (64u << 20) && decile != last_decile) {  // small loads stay quiet
+        last_decile = decile;
+        std::fprintf(stderr, "\r[tpserve rank 0] loading weights: %3d%% (%llu / %llu MB)%s", decile * 10,
+                     static_cast<unsigned long long>(done >> 20),
+                     static_cast<unsigned long long>(total >> 20), decile >= 10 ? "\n" : "");
+        std::fflush(stderr);
+      }
+    }
+    return Status();
+  }
+
+ private:
+  struct Job {
+    std::string name;
+    Range rows, cols;
+    bool f32, replicated;
+    HostTensor* out;
+    const TensorInfo* info = nullptr;
+  };
+  const Checkpoint& ckpt_;
+  DType dtype_;
+  std::vector<Job> jobs_;
+};
+
+}  // namespace
+
+Result<ModelWeights> LoadShard(const Checkpoint& ckpt, const ModelConfig& c, const RankShard& shard,
+                               DType dtype, bool show_progress) {
+  const auto start = std::chrono::steady_clock::now();
+  Loader ld(ckpt, dtype);
+  ModelWeights w;
+  w.shard = shard;
+  const int hd = c.head_dim;
+  ld.Rows("model.embed_tokens.weight", shard.embed_vocab, &w.embed);
+  if (!c.tie_word_embeddings) ld.Rows("lm_head.weight", shard.lm_head_vocab, &w.lm_head);
+  ld.Whole("model.norm.weight", &w.final_norm);
+  w.layers.resize(c.num_hidden_layers);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    const LayerShard& s = shard.layers[l];
+    LayerWeights& L = w.layers[l];
+    const Range q_rows{s.q_heads.begin * hd, s.q_heads.end * hd};
+    const Range kv_rows{s.kv_heads.begin * hd, s.kv_heads.end * hd};
+    ld.Whole(p + "input_layernorm.weight", &L.attn_norm);
+    ld.Whole(p + "post_attention_layernorm.weight", &L.mlp_norm);
+    ld.Rows(p + "self_attn.q_proj.weight", q_rows, &L.q);
+    ld.Rows(p + "self_attn.k_proj.weight", kv_rows, &L.k);
+    ld.Rows(p + "self_attn.v_proj.weight", kv_rows, &L.v);
+    ld.Cols(p + "self_attn.o_proj.weight", q_rows, &L.o);
+    if (c.attention_bias) {
+      ld.Rows(p + "self_attn.q_proj.bias", q_rows, &L.q_bias, true);
+      ld.Rows(p + "self_attn.k_proj.bias", kv_rows, &L.k_bias, true);
+      ld.Rows(p + "self_attn.v_proj.bias", kv_rows, &L.v_bias, true);
+    }
+    if (c.qk_norm) {
+      ld.Whole(p + "self_attn.q_norm.weight", &L.q_norm);
+      ld.Whole(p + "self_attn.k_norm.weight", &L.k_norm);
+    }
+    ld.Rows(p + "mlp.gate_proj.weight", s.ffn, &L.gate);
+    ld.Rows(p + "mlp.up_proj.weight", s.ffn, &L.up);
+    ld.Cols(p + "mlp.down_proj.weight", s.ffn, &L.down);
+  }
+  TPS_RETURN_IF_ERROR(ld.Run(show_progress, &w.stats));
+  w.stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return w;
+}
+
+}  // namespace tpserve

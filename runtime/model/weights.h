@@ -1,0 +1,79 @@
+// The weights one TP rank holds, and the loader that reads them from a checkpoint according to
+// a validated partition plan. Matrices are row-major (out, in) in the storage dtype; norm
+// weights and biases are always f32.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "common/status.h"
+#include "cpu/dtype.h"
+#include "model/config.h"
+#include "model/partition_plan.h"
+#include "model/safetensors.h"
+
+namespace tpserve {
+
+// A dense (rows, cols) tensor in host memory (a 1-D tensor has cols = 1), 64-byte aligned.
+class HostTensor {
+ public:
+  HostTensor() = default;
+  HostTensor(kernels::DType dtype, int64_t rows, int64_t cols);
+  bool empty() const { return data_ == nullptr; }
+  kernels::DType dtype() const { return dtype_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  size_t bytes() const { return static_cast<size_t>(rows_ * cols_) * kernels::DTypeSize(dtype_); }
+  void* data() { return data_.get(); }
+  const void* data() const { return data_.get(); }
+  const float* f32() const { return static_cast<const float*>(data()); }
+  const void* row(int64_t r) const {
+    return static_cast<const char*>(data()) + static_cast<size_t>(r * cols_) * kernels::DTypeSize(dtype_);
+  }
+
+ private:
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  kernels::DType dtype_ = kernels::DType::kF32;
+  int64_t rows_ = 0, cols_ = 0;
+  std::unique_ptr<void, Free> data_;
+};
+
+struct LayerWeights {
+  HostTensor attn_norm, mlp_norm;     // (hidden) f32
+  HostTensor q, k, v;                 // (local heads * head_dim, hidden)
+  HostTensor q_bias, k_bias, v_bias;  // (local heads * head_dim) f32, Qwen2 only
+  HostTensor q_norm, k_norm;          // (head_dim) f32, Qwen3 only
+  HostTensor o;                       // (hidden, local q heads * head_dim)
+  HostTensor gate, up;                // (local ffn, hidden)
+  HostTensor down;                    // (hidden, local ffn)
+};
+
+// What the loader read, for the "each rank loads about total/T" guarantee.
+struct LoadStats {
+  uint64_t sharded_bytes = 0;     // bytes read from disk for split tensors
+  uint64_t replicated_bytes = 0;  // bytes read from disk for tensors every rank holds
+  uint64_t resident_bytes = 0;    // bytes held in memory after conversion
+  double seconds = 0;
+};
+
+struct ModelWeights {
+  RankShard shard;
+  HostTensor embed;       // (local vocab rows, hidden), embed_vocab range
+  HostTensor lm_head;     // (local vocab rows, hidden); empty when tied (embed is used)
+  HostTensor final_norm;  // (hidden) f32
+  std::vector<LayerWeights> layers;
+  LoadStats stats;
+
+  const HostTensor& logits_weight() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+// Reads this rank's shard. weight_dtype is the storage dtype of matrices (conversion happens
+// once at load). show_progress prints a progress line on stderr for large loads.
+Result<ModelWeights> LoadShard(const Checkpoint& ckpt, const ModelConfig& config, const RankShard& shard,
+                               kernels::DType weight_dtype, bool show_progress);
+
+}  // namespace tpserve
