@@ -1,0 +1,18 @@
+// tpserve: tensor-parallel LLM inference under mpirun.
+//   mpirun -np T tpserve run --model-path DIR --prompt-ids 1,2,3 --max-new-tokens 32 --json
+//   mpirun -np T tpserve doctor
+#include <CLI/CLI.hpp>
+
+#include "apps/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tpserve: tensor-parallel LLM inference (one MPI rank per TP shard)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "tpserve 0.1.0");
+  const tpserve::CommandMain run = tpserve::AddRunCommand(app);
+  const tpserve::CommandMain doctor = tpserve::AddDoctorCommand(app);
+  CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand("run")) return run(argc, argv);
+  if (app.got_subcommand("doctor")) return doctor(argc, argv);
+  return 2;
+}

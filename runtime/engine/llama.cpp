@@ -1,0 +1,160 @@
+#include "engine/llama.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu/kernels.h"
+
+namespace tpserve {
+
+namespace k = kernels;
+
+KvCache::KvCache(const ModelConfig& c, const RankShard& shard, int max_tokens)
+    : max_tokens_(max_tokens), head_dim_(c.head_dim) {
+  for (const LayerShard& l : shard.layers) {
+    const size_t n = static_cast<size_t>(l.kv_heads.size()) * max_tokens * c.head_dim;
+    k_.emplace_back(n);
+    v_.emplace_back(n);
+  }
+}
+
+size_t KvCache::bytes() const {
+  size_t b = 0;
+  for (const auto& x : k_) b += x.size() * sizeof(float) * 2;
+  return b;
+}
+
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Communicator& tp)
+    : config_(std::move(config)), weights_(std::move(weights)), tp_(tp), inv_freq_(RopeInvFreq(config_)) {}
+
+void LlamaModel::RopeTable(int pos, float* cos_sin) const {
+  const int half = config_.head_dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double angle = pos * inv_freq_[i];
+    cos_sin[i] = static_cast<float>(std::cos(angle));
+    cos_sin[half + i] = static_cast<float>(std::sin(angle));
+  }
+}
+
+Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
+  const int hidden = config_.hidden_size;
+  const HostTensor& e = weights_.embed;
+  const Range vr = weights_.shard.embed_vocab;
+  std::memset(x, 0, sizeof(float) * n * hidden);
+  for (int t = 0; t < n; ++t) {
+    if (ids[t] < 0 || ids[t] >= config_.vocab_size) {
+      return TPS_ERROR("token id {} is outside the vocabulary [0, {})", ids[t], config_.vocab_size);
+    }
+    if (ids[t] >= vr.begin && ids[t] < vr.end) {
+      k::ConvertDType(e.row(ids[t] - vr.begin), e.dtype(), x + static_cast<size_t>(t) * hidden,
+                      k::DType::kF32, hidden);
+    }
+  }
+  // Exactly one rank holds each row and the others add zeros, so the sum is exact.
+  return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
+}
+
+Status LlamaModel::Attention(int layer, int n, int pos0, KvCache& cache, const float* h, float* out) {
+  const ModelConfig& c = config_;
+  const LayerWeights& L = weights_.layers[layer];
+  const LayerShard& s = weights_.shard.layers[layer];
+  const int hd = c.head_dim, hidden = c.hidden_size;
+  const int nq = static_cast<int>(s.q_heads.size()), nkv = static_cast<int>(s.kv_heads.size());
+  std::vector<float> q(static_cast<size_t>(n) * nq * hd);    // (n, nq, hd)
+  std::vector<float> kk(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
+  std::vector<float> vv(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
+  k::MatmulNT(h, n, L.q.data(), L.q.dtype(), nq * hd, hidden, q.data());
+  k::MatmulNT(h, n, L.k.data(), L.k.dtype(), nkv * hd, hidden, kk.data());
+  k::MatmulNT(h, n, L.v.data(), L.v.dtype(), nkv * hd, hidden, vv.data());
+  auto add_bias = [n](std::vector<float>& y, const HostTensor& b) {
+    if (b.empty()) return;
+    const int m = static_cast<int>(b.rows());
+    for (int t = 0; t < n; ++t) {
+      for (int i = 0; i < m; ++i) y[static_cast<size_t>(t) * m + i] += b.f32()[i];
+    }
+  };
+  add_bias(q, L.q_bias);
+  add_bias(kk, L.k_bias);
+  add_bias(vv, L.v_bias);
+
+  std::vector<float> cos_sin(hd);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int t = 0; t < n; ++t) {
+    RopeTable(pos0 + t, cos_sin.data());
+    for (int hq = 0; hq < nq; ++hq) {
+      float* v = &q[(static_cast<size_t>(t) * nq + hq) * hd];
+      if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
+      k::RopeRotateHalf(v, hd, cos_sin.data());
+    }
+    for (int hk = 0; hk < nkv; ++hk) {
+      float* v = &kk[(static_cast<size_t>(t) * nkv + hk) * hd];
+      if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
+      k::RopeRotateHalf(v, hd, cos_sin.data());
+      std::memcpy(cache.k(layer, hk, pos0 + t), v, sizeof(float) * hd);
+      std::memcpy(cache.v(layer, hk, pos0 + t), &vv[(static_cast<size_t>(t) * nkv + hk) * hd],
+                  sizeof(float) * hd);
+    }
+  }
+
+  // Query head h (global) reads KV head h / group_size (global); both ranges are this rank's.
+  const int g = c.group_size();
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
+  std::vector<float> scratch(pos0 + n);
+  for (int t = 0; t < n; ++t) {
+    const int npos = pos0 + t + 1;  // causal: keys 0..pos
+    for (int hq = 0; hq < nq; ++hq) {
+      const int kv_local = static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin);
+      k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd], cache.k(layer, kv_local, 0),
+                       cache.v(layer, kv_local, 0), npos, hd, hd, scale, scratch.data(),
+                       &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
+    }
+  }
+  // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
+  k::MatmulNT(attn.data(), n, L.o.data(), L.o.dtype(), hidden, nq * hd, out);
+  return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
+}
+
+Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
+  const LayerWeights& L = weights_.layers[layer];
+  const int f = static_cast<int>(weights_.shard.layers[layer].ffn.size()), hidden = config_.hidden_size;
+  std::vector<float> gate(static_cast<size_t>(n) * f), up(static_cast<size_t>(n) * f);  // (n, local ffn)
+  k::MatmulNT(h, n, L.gate.data(), L.gate.dtype(), f, hidden, gate.data());
+  k::MatmulNT(h, n, L.up.data(), L.up.dtype(), f, hidden, up.data());
+  k::SiluMul(gate.data(), up.data(), n * f, gate.data());
+  // Row-parallel down_proj: partial sums over this rank's FFN rows, then the all-reduce.
+  k::MatmulNT(gate.data(), n, L.down.data(), L.down.dtype(), hidden, f, out);
+  return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
+}
+
+Status LlamaModel::Forward(const int32_t* ids, int n, KvCache& cache, float* logits_local) {
+  const ModelConfig& c = config_;
+  const int pos0 = cache.length();
+  if (n <= 0) return TPS_ERROR("forward needs at least one token");
+  if (pos0 + n > cache.max_tokens()) {
+    return TPS_ERROR("sequence of {} tokens exceeds the KV cache capacity of {} tokens", pos0 + n,
+                     cache.max_tokens());
+  }
+  const int hidden = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  std::vector<float> x(static_cast<size_t>(n) * hidden), h(x.size()), delta(x.size());  // (n, hidden)
+  TPS_RETURN_IF_ERROR(Embed(ids, n, x.data()));
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = weights_.layers[l];
+    for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.attn_norm.f32(), hidden, eps, &h[t * hidden]);
+    TPS_RETURN_IF_ERROR(Attention(l, n, pos0, cache, h.data(), delta.data()));
+    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+    for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.mlp_norm.f32(), hidden, eps, &h[t * hidden]);
+    TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
+    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+  }
+  cache.set_length(pos0 + n);
+  // Logits of the last token only, for this rank's vocab range.
+  const float* last = &x[static_cast<size_t>(n - 1) * hidden];
+  k::RmsNorm(last, weights_.final_norm.f32(), hidden, eps, h.data());
+  const HostTensor& lm = weights_.logits_weight();
+  k::MatmulNT(h.data(), 1, lm.data(), lm.dtype(), local_vocab(), hidden, logits_local);
+  return Status();
+}
+
+}  // namespace tpserve

@@ -1,0 +1,69 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace tpserve {
+
+Status SamplingParams::Validate() const {
+  if (std::isnan(temperature) || temperature < 0.0f) {
+    return Status::Error(fmt::format("temperature must be >= 0 (0 = greedy), got {}", temperature));
+  }
+  if (std::isnan(top_p) || top_p <= 0.0f || top_p > 1.0f) {
+    return Status::Error(fmt::format("top_p must be in (0, 1], got {}", top_p));
+  }
+  if (top_k < 0) return Status::Error(fmt::format("top_k must be >= 0 (0 = off), got {}", top_k));
+  return Status();
+}
+
+int ArgMax(const float* logits, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  return best;
+}
+
+int SampleToken(const float* logits, int n, const SamplingParams& p, std::mt19937_64& rng) {
+  if (p.greedy()) return ArgMax(logits, n);
+  // Candidates sorted by logit (descending, ties by index so the order is deterministic).
+  std::vector<int> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  int keep = (p.top_k > 0 && p.top_k < n) ? p.top_k : n;
+  auto by_logit = [logits](int a, int b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(), by_logit);
+  idx.resize(keep);
+  std::vector<double> prob(keep);
+  const double max_logit = logits[idx[0]];
+  double sum = 0.0;
+  for (int i = 0; i < keep; ++i) {
+    prob[i] = std::exp((logits[idx[i]] - max_logit) / p.temperature);
+    sum += prob[i];
+  }
+  // Nucleus: the smallest prefix whose probability reaches top_p.
+  if (p.top_p < 1.0f) {
+    double cum = 0.0;
+    int cut = keep;
+    for (int i = 0; i < keep; ++i) {
+      cum += prob[i] / sum;
+      if (cum >= p.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+    sum = std::accumulate(prob.begin(), prob.begin() + keep, 0.0);
+  }
+  const double u = std::uniform_real_distribution<double>(0.0, sum)(rng);
+  double acc = 0.0;
+  for (int i = 0; i < keep; ++i) {
+    acc += prob[i];
+    if (u < acc) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace tpserve
