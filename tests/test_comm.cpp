@@ -1,0 +1,112 @@
+// MpiComm collectives at 1, 2, 3 and 4 ranks (ctest runs this binary at each size), with counts
+// that the rank count does not divide. Expected values are computed here from the rank numbers.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "comm/mpi_comm.h"
+#include "comm/parallel_config.h"
+
+namespace tpserve {
+namespace {
+
+class Comm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world_ = MpiComm::World();
+    rank_ = world_->rank();
+    size_ = world_->size();
+  }
+  std::unique_ptr<MpiComm> world_;
+  int rank_ = 0, size_ = 1;
+};
+
+TEST_F(Comm, AllReduceSumOddCounts) {
+  for (size_t count : {size_t{1}, size_t{7}, size_t{1000}, size_t{4099}}) {
+    std::vector<float> v(count);
+    for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>(rank_ + 1) * (i % 13);
+    ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
+    const float ranks_sum = size_ * (size_ + 1) / 2.0f;  // sum of (r + 1)
+    for (size_t i = 0; i < count; ++i)
+      ASSERT_EQ(v[i], ranks_sum * (i % 13)) << "count " << count << " i " << i;
+  }
+}
+
+TEST_F(Comm, AllGatherInRankOrder) {
+  for (size_t n : {size_t{1}, size_t{5}, size_t{333}}) {
+    std::vector<int32_t> mine(n), all(n * size_);
+    for (size_t i = 0; i < n; ++i) mine[i] = rank_ * 100000 + static_cast<int32_t>(i);
+    ASSERT_TRUE(world_->AllGather(mine.data(), n * sizeof(int32_t), all.data()).ok());
+    for (int r = 0; r < size_; ++r) {
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(all[r * n + i], r * 100000 + static_cast<int32_t>(i));
+    }
+  }
+}
+
+TEST_F(Comm, BroadcastFromEveryRoot) {
+  for (int root = 0; root < size_; ++root) {
+    std::vector<uint8_t> buf(1001, 0);
+    if (rank_ == root) std::iota(buf.begin(), buf.end(), static_cast<uint8_t>(root));
+    ASSERT_TRUE(world_->Broadcast(buf.data(), buf.size(), root).ok());
+    for (size_t i = 0; i < buf.size(); ++i) ASSERT_EQ(buf[i], static_cast<uint8_t>(root + i));
+  }
+}
+
+TEST_F(Comm, BroadcastVectorSendsSizeThenBytes) {
+  std::vector<int64_t> v;
+  if (rank_ == 0) v = {5, -1, 1LL << 40};
+  ASSERT_TRUE(BroadcastVector(*world_, v, 0).ok());
+  EXPECT_EQ(v, (std::vector<int64_t>{5, -1, 1LL << 40}));
+}
+
+TEST_F(Comm, GatherUnevenPieces) {
+  // Rank r contributes r + 3 floats (uneven, like vocab shards of 1000 over 3 ranks).
+  std::vector<size_t> bytes(size_);
+  size_t total = 0;
+  for (int r = 0; r < size_; ++r) total += (bytes[r] = (r + 3) * sizeof(float)) / sizeof(float);
+  std::vector<float> mine(rank_ + 3, static_cast<float>(rank_));
+  std::vector<float> all(rank_ == 0 ? total : 0);
+  ASSERT_TRUE(world_->Gather(mine.data(), bytes[rank_], all.data(), bytes, 0).ok());
+  if (rank_ == 0) {
+    size_t i = 0;
+    for (int r = 0; r < size_; ++r) {
+      for (int j = 0; j < r + 3; ++j) ASSERT_EQ(all[i++], static_cast<float>(r));
+    }
+  }
+}
+
+TEST_F(Comm, GatherRejectsSizeMismatch) {
+  std::vector<size_t> bytes(size_, 8);
+  float x[4] = {};
+  EXPECT_FALSE(world_->Gather(x, 12, x, bytes, 0).ok());  // checked locally, before any message
+}
+
+TEST_F(Comm, SplitMakesGroupsOfConsecutiveRanks) {
+  // Groups of 2 (the last one smaller when the world is odd).
+  auto sub = world_->Split(rank_ / 2, rank_, "pairs");
+  ASSERT_TRUE(sub.ok());
+  const int expect_size = std::min(2, size_ - (rank_ / 2) * 2);
+  EXPECT_EQ((*sub)->size(), expect_size);
+  EXPECT_EQ((*sub)->rank(), rank_ % 2);
+  float v = 1.0f;
+  ASSERT_TRUE((*sub)->AllReduceSum(&v, 1).ok());
+  EXPECT_EQ(v, static_cast<float>(expect_size));
+  EXPECT_TRUE(world_->Barrier().ok());
+}
+
+TEST(ParallelConfigTest, RankArithmetic) {
+  auto pc = ParallelConfig::Make(8, 5, 2, 4);
+  ASSERT_TRUE(pc.ok());
+  EXPECT_EQ(pc->tp_rank(), 1);
+  EXPECT_EQ(pc->dp_rank(), 2);
+  EXPECT_EQ(pc->tp_group_color(), 2);
+  auto bad = ParallelConfig::Make(4, 0, 3);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("mpirun -np 3"), std::string::npos) << bad.status().message();
+  auto whole = ParallelConfig::Make(6, 0, 0);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->tp_size, 6);
+}
+
+}  // namespace
+}  // namespace tpserve
