@@ -14,6 +14,12 @@ Status SamplingParams::Validate() const {
     return Status::Error(fmt::format("top_p must be in (0, 1], got {}", top_p));
   }
   if (top_k < 0) return Status::Error(fmt::format("top_k must be >= 0 (0 = off), got {}", top_k));
+  if (std::isnan(min_p) || min_p < 0.0f || min_p >= 1.0f) {
+    return Status::Error(fmt::format("min_p must be in [0, 1), got {}", min_p));
+  }
+  if (std::isnan(repetition_penalty) || repetition_penalty <= 0.0f) {
+    return Status::Error(fmt::format("repetition_penalty must be > 0 (1 = off), got {}", repetition_penalty));
+  }
   return Status();
 }
 
@@ -23,6 +29,18 @@ int ArgMax(const float* logits, int n) {
     if (logits[i] > logits[best]) best = i;
   }
   return best;
+}
+
+void ApplyRepetitionPenalty(float* logits, int64_t begin, int n, const std::vector<int32_t>& seen,
+                            float penalty) {
+  if (penalty == 1.0f) return;
+  std::vector<bool> done(n, false);  // each token is penalised once, however often it appeared
+  for (int32_t t : seen) {
+    const int64_t i = t - begin;
+    if (i < 0 || i >= n || done[i]) continue;
+    done[i] = true;
+    logits[i] = logits[i] > 0 ? logits[i] / penalty : logits[i] * penalty;
+  }
 }
 
 int SampleToken(const float* logits, int n, const SamplingParams& p, std::mt19937_64& rng) {
@@ -54,6 +72,13 @@ int SampleToken(const float* logits, int n, const SamplingParams& p, std::mt1993
         break;
       }
     }
+    keep = cut;
+    sum = std::accumulate(prob.begin(), prob.begin() + keep, 0.0);
+  }
+  // min-p: keep tokens whose probability is at least min_p times the top token's (prob[0]).
+  if (p.min_p > 0.0f) {
+    int cut = 1;
+    while (cut < keep && prob[cut] >= p.min_p * prob[0]) ++cut;
     keep = cut;
     sum = std::accumulate(prob.begin(), prob.begin() + keep, 0.0);
   }

@@ -1,0 +1,199 @@
+#include "engine/batch_engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tpserve {
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kNone:
+      break;
+  }
+  return "";
+}
+
+struct BatchEngine::Sequence {
+  RequestSpec spec;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  int generated = 0;
+  bool prefilled = false;
+  std::unique_ptr<KvCache> cache;
+  std::mt19937_64 rng;
+};
+
+Result<TokenChoice> SelectToken(LlamaModel& model, float* logits, const SamplingParams& params,
+                                const std::vector<int32_t>& seen, bool want_logprob, std::mt19937_64& rng) {
+  Communicator& tp = model.tp();
+  const Range vr = model.vocab_range();
+  const int n = model.local_vocab();
+  ApplyRepetitionPenalty(logits, vr.begin, n, seen, params.repetition_penalty);
+  if (params.greedy()) {
+    // Distributed argmax over (value, global index); with logprobs each rank also sends its
+    // log-sum-exp pieces (local max, sum of exp(x - local max)) so log Z needs no second round.
+    struct Candidate {
+      float value;
+      int32_t index;
+      float local_max;
+      float local_sumexp;
+    };
+    static_assert(sizeof(Candidate) == 16, "sent as raw bytes");
+    const int local = ArgMax(logits, n);
+    Candidate mine{logits[local], static_cast<int32_t>(vr.begin + local), logits[local], 0.0f};
+    if (want_logprob) {
+      double s = 0.0;
+      for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i]) - mine.local_max);
+      mine.local_sumexp = static_cast<float>(s);
+    }
+    std::vector<Candidate> all(tp.size());
+    TPS_RETURN_IF_ERROR(tp.AllGather(&mine, sizeof(mine), all.data()));
+    Candidate best = all[0];
+    for (const Candidate& c : all) {
+      if (c.value > best.value || (c.value == best.value && c.index < best.index)) best = c;
+    }
+    TokenChoice choice{best.index, 0.0f};
+    if (want_logprob) {
+      double z = 0.0;
+      for (const Candidate& c : all)
+        z += c.local_sumexp * std::exp(static_cast<double>(c.local_max) - best.value);
+      choice.logprob = static_cast<float>(-std::log(z));  // value - logZ, with logZ = value + log(z)
+    }
+    return choice;
+  }
+  // Sampling: rank 0 sees the whole vocabulary, draws, and broadcasts the choice.
+  const int vocab = model.config().vocab_size;
+  std::vector<Range> ranges(tp.size());
+  Range mine = vr;
+  TPS_RETURN_IF_ERROR(tp.AllGather(&mine, sizeof(mine), ranges.data()));
+  std::vector<size_t> bytes(tp.size());
+  for (int r = 0; r < tp.size(); ++r) bytes[r] = ranges[r].size() * sizeof(float);
+  std::vector<float> full(tp.rank() == 0 ? vocab : 0);
+  TPS_RETURN_IF_ERROR(tp.Gather(logits, bytes[tp.rank()], full.data(), bytes, 0));
+  TokenChoice choice;
+  if (tp.rank() == 0) {
+    choice.token = SampleToken(full.data(), vocab, params, rng);
+    if (want_logprob) {
+      const float mx = *std::max_element(full.begin(), full.end());
+      double z = 0.0;
+      for (float v : full) z += std::exp(static_cast<double>(v) - mx);
+      choice.logprob = static_cast<float>(full[choice.token] - mx - std::log(z));
+    }
+  }
+  static_assert(sizeof(TokenChoice) == 8, "sent as raw bytes");
+  TPS_RETURN_IF_ERROR(tp.Broadcast(&choice, sizeof(choice), 0));
+  return choice;
+}
+
+BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
+    : model_(model),
+      opts_(opts),
+      context_(opts.context_length > 0 ? std::min(opts.context_length, model.config().max_position_embeddings)
+                                       : model.config().max_position_embeddings),
+      logits_(model.local_vocab()) {}
+
+BatchEngine::~BatchEngine() = default;
+
+Status BatchEngine::Validate(const RequestSpec& r) const {
+  const ModelConfig& cfg = model_.config();
+  if (r.prompt.empty()) return Status::Error("the prompt is empty");
+  for (int32_t id : r.prompt) {
+    if (id < 0 || id >= cfg.vocab_size) {
+      return Status::Error(
+          fmt::format("prompt token id {} is outside the vocabulary [0, {})", id, cfg.vocab_size));
+    }
+  }
+  if (static_cast<int>(r.prompt.size()) >= context_) {
+    return Status::Error(
+        fmt::format("the prompt has {} tokens but the context length is {} (the prompt must leave "
+                    "room for at least one new token)",
+                    r.prompt.size(), context_));
+  }
+  if (r.max_new_tokens < 1 || r.max_new_tokens > context_) {
+    return Status::Error(fmt::format("max_new_tokens must be in [1, {}] (the context length), got {}",
+                                     context_, r.max_new_tokens));
+  }
+  return r.sampling.Validate();
+}
+
+void BatchEngine::Apply(const StepPlan& plan) {
+  for (uint64_t id : plan.cancel) {
+    auto match = [id](const std::unique_ptr<Sequence>& s) { return s->spec.id == id; };
+    running_.erase(std::remove_if(running_.begin(), running_.end(), match), running_.end());
+    waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), match), waiting_.end());
+  }
+  for (const RequestSpec& spec : plan.add) {
+    auto s = std::make_unique<Sequence>();
+    s->spec = spec;
+    s->tokens = spec.prompt;
+    s->rng.seed(spec.sampling.seed);
+    waiting_.push_back(std::move(s));
+  }
+  if (plan.shutdown) {
+    running_.clear();
+    waiting_.clear();
+  }
+}
+
+Result<std::vector<TokenEvent>> BatchEngine::Step() {
+  const ModelConfig& cfg = model_.config();
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_running_requests) {
+    Sequence& s = *waiting_.front();
+    const int reserve =
+        std::min<int>(context_, static_cast<int>(s.spec.prompt.size()) + s.spec.max_new_tokens);
+    s.cache = std::make_unique<KvCache>(cfg, model_.weights().shard, reserve);
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  std::vector<TokenEvent> events;
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (!s.prefilled) {
+      TPS_RETURN_IF_ERROR(
+          model_.Forward(s.tokens.data(), static_cast<int>(s.tokens.size()), *s.cache, logits_.data()));
+      s.prefilled = true;
+    } else {
+      TPS_RETURN_IF_ERROR(model_.Forward(&s.tokens.back(), 1, *s.cache, logits_.data()));
+    }
+    TPS_ASSIGN_OR_RETURN(TokenChoice c, SelectToken(model_, logits_.data(), s.spec.sampling, s.tokens,
+                                                    s.spec.logprobs, s.rng));
+    s.tokens.push_back(c.token);
+    ++s.generated;
+    TokenEvent ev{s.spec.id, c.token, c.logprob, FinishReason::kNone};
+    const auto& eos = cfg.eos_token_ids;
+    const auto& stop = s.spec.stop_token_ids;
+    if ((!s.spec.ignore_eos && std::find(eos.begin(), eos.end(), c.token) != eos.end()) ||
+        std::find(stop.begin(), stop.end(), c.token) != stop.end()) {
+      ev.finish = FinishReason::kStop;
+    } else if (s.generated >= s.spec.max_new_tokens || s.cache->length() >= s.cache->max_tokens()) {
+      ev.finish = FinishReason::kLength;
+    }
+    events.push_back(ev);
+  }
+  // Finished sequences leave at once (their KV memory with them).
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [&](const std::unique_ptr<Sequence>& s) {
+                                  return std::any_of(events.begin(), events.end(), [&](const TokenEvent& e) {
+                                    return e.id == s->spec.id && e.finish != FinishReason::kNone;
+                                  });
+                                }),
+                 running_.end());
+  return events;
+}
+
+EngineStats BatchEngine::stats() const {
+  EngineStats st;
+  st.running = static_cast<int>(running_.size());
+  st.waiting = static_cast<int>(waiting_.size());
+  st.kv_capacity_tokens = static_cast<int64_t>(opts_.max_running_requests) * context_;
+  for (const auto& s : running_) {
+    st.kv_used_tokens += s->cache->max_tokens();
+    st.kv_used_bytes += static_cast<int64_t>(s->cache->bytes());
+  }
+  return st;
+}
+
+}  // namespace tpserve

@@ -1,0 +1,79 @@
+// BatchEngine: the set of sequences a TP group is generating, advanced one iteration at a time.
+// Every rank of the group holds an identical BatchEngine and applies the same StepPlans, so the
+// sequences, their order and every collective match across ranks. Rank 0 reads the events.
+//
+// Per Step(): admit waiting requests up to max_running_requests (FCFS), then for each running
+// sequence in admission order run its prefill (whole prompt) or one decode token, and pick the
+// next token (distributed argmax for greedy, logits gather + rank-0 sampling otherwise).
+// A sequence's result depends only on its own tokens, never on the batch it shares.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/llama.h"
+#include "engine/step_plan.h"
+
+namespace tpserve {
+
+enum class FinishReason { kNone = 0, kStop = 1, kLength = 2 };
+const char* FinishReasonName(FinishReason r);  // "", "stop", "length"
+
+struct TokenEvent {
+  uint64_t id = 0;
+  int32_t token = 0;
+  float logprob = 0.0f;  // only when the request asked for logprobs
+  FinishReason finish = FinishReason::kNone;
+};
+
+struct EngineOptions {
+  int max_running_requests = 64;
+  int context_length = 0;  // 0: the model's max_position_embeddings
+};
+
+struct EngineStats {
+  int running = 0;
+  int waiting = 0;
+  int64_t kv_capacity_tokens = 0;  // max_running_requests x context_length
+  int64_t kv_used_tokens = 0;      // tokens reserved by running sequences
+  int64_t kv_used_bytes = 0;       // this rank's bytes of those reservations
+};
+
+// Token choice for one sequence from this rank's logits shard (identical result on every rank).
+struct TokenChoice {
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+Result<TokenChoice> SelectToken(LlamaModel& model, float* logits_local, const SamplingParams& params,
+                                const std::vector<int32_t>& seen, bool want_logprob, std::mt19937_64& rng);
+
+class BatchEngine {
+ public:
+  BatchEngine(LlamaModel& model, EngineOptions opts);
+  ~BatchEngine();
+
+  int context_length() const { return context_; }
+  // Checks a request before it enters a plan (the same answer on every rank).
+  Status Validate(const RequestSpec& spec) const;
+  // Queues plan.add (already validated) and drops plan.cancel at once, freeing their KV memory.
+  void Apply(const StepPlan& plan);
+  bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
+  // One iteration over every running sequence. An error may leave peers inside a collective.
+  Result<std::vector<TokenEvent>> Step();
+  EngineStats stats() const;
+
+ private:
+  struct Sequence;
+  LlamaModel& model_;
+  EngineOptions opts_;
+  int context_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<float> logits_;  // (local vocab) scratch
+};
+
+}  // namespace tpserve
