@@ -1,0 +1,93 @@
+#include "server/engine_loop.h"
+
+#include <chrono>
+
+#include "common/log.h"
+
+namespace tpserve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+Status BroadcastPlan(Communicator& tp, StepPlan* plan) {
+  // An empty plan (the common decode step) travels as a zero size: one 8-byte broadcast.
+  std::vector<uint8_t> bytes;
+  if (tp.rank() == 0 && !plan->empty()) bytes = SerializeStepPlan(*plan);
+  TPS_RETURN_IF_ERROR(BroadcastVector(tp, bytes, 0).WithContext("broadcasting the step plan"));
+  if (tp.rank() != 0 && !bytes.empty()) {
+    TPS_ASSIGN_OR_RETURN(*plan, DeserializeStepPlan(bytes));
+  }
+  return Status();
+}
+
+}  // namespace
+
+Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& queue,
+                           ServerCounters& counters, const std::atomic<bool>& stop_requested,
+                           const LoopOptions& opts) {
+  bool draining = false;
+  auto drain_deadline = Clock::time_point::max();
+  auto last_broadcast = Clock::now();
+  const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
+  for (;;) {
+    if (stop_requested && !draining) {
+      draining = true;
+      drain_deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(opts.shutdown_timeout_s));
+      queue.StopAdmission("the server is shutting down");
+      log::Info("shutdown requested: finishing {} in-flight request(s) within {:.0f} s", queue.active(),
+                opts.shutdown_timeout_s);
+      std::lock_guard<std::mutex> lock(counters.mu);
+      counters.draining = true;
+    }
+    StepPlan plan = queue.TakePlan();
+    if (draining && Clock::now() >= drain_deadline) {
+      const auto ids =
+          queue.AbortAll("the server is shutting down: request cancelled at the end of the grace period");
+      plan.cancel.insert(plan.cancel.end(), ids.begin(), ids.end());
+      plan.shutdown = true;
+    }
+    if (draining && !engine.HasWork() && plan.add.empty()) plan.shutdown = true;
+    if (plan.empty() && !engine.HasWork()) {
+      if (Clock::now() - last_broadcast < heartbeat) {
+        queue.WaitForWork(std::chrono::milliseconds(50));  // idle: sleep, no broadcast
+        continue;
+      }
+    }
+    TPS_RETURN_IF_ERROR(BroadcastPlan(tp, &plan));
+    last_broadcast = Clock::now();
+    engine.Apply(plan);
+    if (plan.shutdown) break;
+    std::vector<TokenEvent> events;
+    if (engine.HasWork()) {
+      TPS_ASSIGN_OR_RETURN(events, engine.Step());
+    }
+    {  // counters first, so a client that sees its final token also sees it counted
+      std::lock_guard<std::mutex> lock(counters.mu);
+      counters.engine = engine.stats();
+      counters.generated_tokens += static_cast<int64_t>(events.size());
+      for (const TokenEvent& e : events) counters.finished += e.finish != FinishReason::kNone;
+      counters.cancelled += static_cast<int64_t>(plan.cancel.size());
+    }
+    queue.Deliver(events);
+  }
+  std::lock_guard<std::mutex> lock(counters.mu);
+  counters.engine = engine.stats();
+  return Status();
+}
+
+Status RunEngineLoopFollower(BatchEngine& engine, Communicator& tp) {
+  for (;;) {
+    StepPlan plan;
+    TPS_RETURN_IF_ERROR(BroadcastPlan(tp, &plan));
+    engine.Apply(plan);
+    if (plan.shutdown) return Status();
+    if (engine.HasWork()) {
+      TPS_ASSIGN_OR_RETURN(std::vector<TokenEvent> events, engine.Step());
+      (void)events;  // rank 0 streams them
+    }
+  }
+}
+
+}  // namespace tpserve

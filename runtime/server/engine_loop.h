@@ -1,0 +1,41 @@
+// The engine loop every rank runs while serving. Rank 0 turns the RequestQueue into StepPlans,
+// broadcasts each plan on the TP group (size, then bytes), and delivers the token events; the
+// other ranks receive each plan and run the same step. While idle, rank 0 sleeps on the queue
+// and sends an empty plan once per heartbeat, so followers wait without spinning and still
+// detect a dead rank 0 through the collective timeout.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "comm/communicator.h"
+#include "common/status.h"
+#include "engine/batch_engine.h"
+#include "server/request_queue.h"
+
+namespace tpserve {
+
+struct LoopOptions {
+  double shutdown_timeout_s = 30.0;  // grace period for in-flight requests after SIGTERM/SIGINT
+  double heartbeat_s = 1.0;          // empty plan interval while idle
+};
+
+// Counters rank 0 publishes for GetServerInfo (read from gateway threads).
+struct ServerCounters {
+  mutable std::mutex mu;
+  EngineStats engine;
+  int64_t finished = 0, cancelled = 0, generated_tokens = 0;
+  bool draining = false;
+};
+
+// Rank 0. Returns when a shutdown was requested (stop_requested) and the engine drained or the
+// grace period ended; the SHUTDOWN plan has been broadcast by then.
+Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& queue,
+                           ServerCounters& counters, const std::atomic<bool>& stop_requested,
+                           const LoopOptions& opts);
+
+// Ranks other than 0. Returns after the SHUTDOWN plan.
+Status RunEngineLoopFollower(BatchEngine& engine, Communicator& tp);
+
+}  // namespace tpserve

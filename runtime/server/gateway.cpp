@@ -1,0 +1,315 @@
+#include "server/gateway.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "common/log.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "tpserve.grpc.pb.h"
+
+namespace tpserve {
+
+namespace pb = ::tpserve::v1;
+namespace health = ::grpc::health::v1;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+grpc::Status Invalid(const std::string& msg) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+}
+
+// Shared by every service: the API key check and the static facts.
+struct Shared {
+  GatewayOptions opts;
+  GatewayInfo info;
+  RequestQueue* queue;
+  const ServerCounters* counters;
+  Gateway::Validator validate;
+  Clock::time_point started = Clock::now();
+  std::atomic<bool> shutting_down{false};
+
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const {
+    if (opts.api_key.empty()) return grpc::Status::OK;
+    const auto& md = ctx->client_metadata();
+    auto it = md.find("authorization");
+    if (it == md.end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "missing 'authorization: Bearer <key>' metadata");
+    }
+    const std::string got(it->second.data(), it->second.size());
+    if (got != "Bearer " + opts.api_key) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid API key");
+    }
+    return grpc::Status::OK;
+  }
+};
+
+// GenerateRequest -> RequestSpec, or INVALID_ARGUMENT naming the field.
+grpc::Status ToSpec(const Shared& sh, const pb::GenerateRequest& req, RequestSpec* spec) {
+  switch (req.prompt_case()) {
+    case pb::GenerateRequest::kText:
+      return Invalid(
+          "text prompts need the model's tokenizer, which this server does not load; send token_ids");
+    case pb::GenerateRequest::kTokenIds:
+      spec->prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
+      break;
+    default:
+      return Invalid("the prompt is empty: set token_ids (or text)");
+  }
+  if (req.stop_size() > 0) return Invalid("stop strings need the model's tokenizer; use stop_token_ids");
+  const int max_prompt =
+      sh.opts.max_prompt_tokens > 0 ? sh.opts.max_prompt_tokens : sh.info.context_length - 1;
+  if (static_cast<int>(spec->prompt.size()) > max_prompt) {
+    return Invalid(
+        fmt::format("the prompt has {} tokens; the limit is {} (--max-prompt-tokens / context length)",
+                    spec->prompt.size(), max_prompt));
+  }
+  const pb::SamplingParams& s = req.sampling();
+  spec->sampling.temperature = s.temperature();
+  spec->sampling.top_k = s.top_k();
+  spec->sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  spec->sampling.min_p = s.min_p();
+  spec->sampling.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
+  spec->sampling.seed = s.has_seed() ? s.seed() : std::random_device{}();
+  spec->max_new_tokens = req.max_new_tokens();
+  spec->ignore_eos = req.ignore_eos();
+  spec->logprobs = req.logprobs();
+  spec->stop_token_ids.assign(req.stop_token_ids().begin(), req.stop_token_ids().end());
+  for (int32_t id : spec->stop_token_ids) {
+    if (id < 0 || id >= sh.info.config.vocab_size) {
+      return Invalid(
+          fmt::format("stop token id {} is outside the vocabulary [0, {})", id, sh.info.config.vocab_size));
+    }
+  }
+  if (Status st = sh.validate(*spec); !st.ok()) return Invalid(st.message());
+  return grpc::Status::OK;
+}
+
+class TpServeService final : public pb::TpServe::Service {
+ public:
+  explicit TpServeService(Shared& sh) : sh_(sh) {}
+
+  grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
+                        grpc::ServerWriter<pb::GenerateResponse>* writer) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    RequestSpec spec;
+    if (auto st = ToSpec(sh_, *req, &spec); !st.ok()) return st;
+    const int prompt_tokens = static_cast<int>(spec.prompt.size());
+    auto ch_or = sh_.queue->Submit(std::move(spec));
+    if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ch_or.status().message());
+    std::shared_ptr<RequestChannel> ch = std::move(ch_or).value();
+    int completion = 0;
+    for (;;) {
+      // Short waits so a client that cancels or disconnects is noticed within a few ms.
+      StreamUpdate up = ch->Wait(std::chrono::milliseconds(5));
+      if (ctx->IsCancelled()) {
+        sh_.queue->Cancel(ch->id());
+        return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      }
+      if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, up.abort_message);
+      if (up.tokens.empty() && !up.done()) continue;
+      pb::GenerateResponse msg;
+      for (size_t i = 0; i < up.tokens.size(); ++i) {
+        msg.add_token_ids(up.tokens[i]);
+        if (req->logprobs()) msg.add_logprobs(up.logprobs[i]);
+      }
+      completion += static_cast<int>(up.tokens.size());
+      if (up.finish != FinishReason::kNone) {
+        auto* fin = msg.mutable_final();
+        fin->set_finish_reason(up.finish == FinishReason::kStop ? pb::FINISH_REASON_STOP
+                                                                : pb::FINISH_REASON_LENGTH);
+        auto* u = fin->mutable_usage();
+        u->set_prompt_tokens(prompt_tokens);
+        u->set_completion_tokens(completion);
+        u->set_time_to_first_token_s(up.time_to_first_token_s);
+        u->set_decode_time_s(up.decode_time_s);
+      }
+      if (!writer->Write(msg)) {  // the client went away
+        sh_.queue->Cancel(ch->id());
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client disconnected");
+      }
+      if (up.finish != FinishReason::kNone) return grpc::Status::OK;
+    }
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const pb::GetModelInfoRequest*,
+                            pb::ModelInfo* out) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    const ModelConfig& c = sh_.info.config;
+    out->set_model_path(sh_.info.model_path);
+    out->set_model_type(c.model_type);
+    out->set_vocab_size(c.vocab_size);
+    out->set_hidden_size(c.hidden_size);
+    out->set_num_hidden_layers(c.num_hidden_layers);
+    out->set_num_attention_heads(c.num_attention_heads);
+    out->set_num_key_value_heads(c.num_key_value_heads);
+    out->set_context_length(sh_.info.context_length);
+    out->set_weight_dtype(sh_.info.weight_dtype);
+    out->set_bos_token_id(c.bos_token_id);
+    for (int id : c.eos_token_ids) out->add_eos_token_ids(id);
+    out->set_has_tokenizer(false);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetServerInfo(grpc::ServerContext* ctx, const pb::GetServerInfoRequest*,
+                             pb::ServerInfo* out) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    out->set_version("0.1.0");
+    const ParallelConfig& p = sh_.info.parallel;
+    out->set_world_size(p.world_size);
+    out->set_tp_size(p.tp_size);
+    out->set_dp_size(p.dp_size);
+    out->set_pp_size(p.pp_size);
+    for (const auto& [k, v] : sh_.info.flags) (*out->mutable_flags())[k] = v;
+    out->set_cpu_isa(sh_.info.cpu_isa);
+    out->set_gateway_pid(static_cast<int32_t>(getpid()));
+    out->set_uptime_s(std::chrono::duration<double>(Clock::now() - sh_.started).count());
+    std::lock_guard<std::mutex> lock(sh_.counters->mu);
+    const ServerCounters& c = *sh_.counters;
+    out->set_kv_cache_capacity_tokens(c.engine.kv_capacity_tokens);
+    out->set_kv_cache_used_tokens(c.engine.kv_used_tokens);
+    out->set_kv_cache_used_bytes(c.engine.kv_used_bytes);
+    out->set_running_requests(c.engine.running);
+    out->set_waiting_requests(c.engine.waiting);
+    out->set_finished_requests(c.finished);
+    out->set_cancelled_requests(c.cancelled);
+    out->set_generated_tokens(c.generated_tokens);
+    return grpc::Status::OK;
+  }
+
+ private:
+  Shared& sh_;
+};
+
+class HealthService final : public health::Health::Service {
+ public:
+  explicit HealthService(Shared& sh) : sh_(sh) {}
+
+  grpc::Status Check(grpc::ServerContext* ctx, const health::HealthCheckRequest* req,
+                     health::HealthCheckResponse* out) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    if (!Known(req->service()))
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service " + req->service());
+    out->set_status(Current());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Watch(grpc::ServerContext* ctx, const health::HealthCheckRequest* req,
+                     grpc::ServerWriter<health::HealthCheckResponse>* writer) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    auto last = health::HealthCheckResponse::UNKNOWN;
+    while (!ctx->IsCancelled() && !sh_.shutting_down) {
+      const auto now = Known(req->service()) ? Current() : health::HealthCheckResponse::SERVICE_UNKNOWN;
+      if (now != last) {
+        health::HealthCheckResponse msg;
+        msg.set_status(now);
+        if (!writer->Write(msg)) break;
+        last = now;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  static bool Known(const std::string& s) { return s.empty() || s == "tpserve.v1.TpServe"; }
+  health::HealthCheckResponse::ServingStatus Current() const {
+    std::lock_guard<std::mutex> lock(sh_.counters->mu);
+    return sh_.counters->draining ? health::HealthCheckResponse::NOT_SERVING
+                                  : health::HealthCheckResponse::SERVING;
+  }
+  Shared& sh_;
+};
+
+Result<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in) return TPS_ERROR("{} '{}' cannot be read", flag, path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+struct Gateway::Impl {
+  Shared shared;
+  std::unique_ptr<TpServeService> api;
+  std::unique_ptr<HealthService> health;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+Gateway::Gateway(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Gateway::~Gateway() {
+  Shutdown();
+}
+int Gateway::port() const {
+  return impl_->port;
+}
+
+Result<std::unique_ptr<Gateway>> Gateway::Start(const GatewayOptions& opts, const GatewayInfo& info,
+                                                RequestQueue& queue, const ServerCounters& counters,
+                                                Validator validate) {
+  auto impl = std::make_unique<Impl>();
+  impl->shared.opts = opts;
+  impl->shared.info = info;
+  impl->shared.queue = &queue;
+  impl->shared.counters = &counters;
+  impl->shared.validate = std::move(validate);
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (opts.tls_cert.empty() != opts.tls_key.empty()) {
+    return TPS_ERROR("--tls-cert and --tls-key go together: pass both PEM files, or neither");
+  }
+  if (!opts.tls_cert.empty()) {
+    TPS_ASSIGN_OR_RETURN(std::string cert, ReadFile(opts.tls_cert, "--tls-cert"));
+    TPS_ASSIGN_OR_RETURN(std::string key, ReadFile(opts.tls_key, "--tls-key"));
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    creds = grpc::SslServerCredentials(ssl);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string addr = (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) +
+                           ":" + std::to_string(opts.port);
+  builder.AddListeningPort(addr, creds, &impl->port);
+  builder.SetMaxReceiveMessageSize(opts.max_message_bytes);
+  // One completion queue with few pollers: the ranks own the cores, and every extra gRPC thread
+  // that wakes per streamed token takes time from rank 0's forward pass.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 2);
+  impl->api = std::make_unique<TpServeService>(impl->shared);
+  impl->health = std::make_unique<HealthService>(impl->shared);
+  builder.RegisterService(impl->api.get());
+  builder.RegisterService(impl->health.get());
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || impl->port == 0) {
+    return TPS_ERROR(
+        "cannot listen on {}: the port is taken or the address is not local (pick another --port or "
+        "--host)",
+        addr);
+  }
+  return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
+}
+
+void Gateway::Shutdown() {
+  if (!impl_ || !impl_->server) return;
+  impl_->shared.shutting_down = true;
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  impl_->server->Wait();
+  impl_->server.reset();
+}
+
+}  // namespace tpserve

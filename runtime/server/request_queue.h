@@ -1,0 +1,84 @@
+// RequestQueue: the hand-off between the gateway threads (which never call MPI) and the engine
+// loop on rank 0's main thread. Gateway threads Submit requests and Cancel them; the engine
+// loop takes them as a StepPlan and delivers token events back to each request's channel.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/batch_engine.h"
+#include "engine/step_plan.h"
+
+namespace tpserve {
+
+// What a gateway thread reads for one request: tokens since its last read, and the end.
+struct StreamUpdate {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  FinishReason finish = FinishReason::kNone;
+  bool aborted = false;  // ended by the server (shutdown) before finishing
+  std::string abort_message;
+  double time_to_first_token_s = 0, decode_time_s = 0;
+  bool done() const { return finish != FinishReason::kNone || aborted; }
+};
+
+class RequestChannel {
+ public:
+  explicit RequestChannel(uint64_t id);
+  uint64_t id() const { return id_; }
+  // Engine side.
+  void Push(const TokenEvent& ev);
+  void Abort(const std::string& message);
+  // Gateway side: waits up to `timeout` for news; returns what arrived (possibly nothing).
+  StreamUpdate Wait(std::chrono::milliseconds timeout);
+
+ private:
+  const uint64_t id_;
+  const std::chrono::steady_clock::time_point created_;
+  std::chrono::steady_clock::time_point first_token_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  StreamUpdate pending_;
+  bool has_first_ = false;
+};
+
+class RequestQueue {
+ public:
+  explicit RequestQueue(int max_queued) : max_queued_(max_queued) {}
+
+  // Gateway side. Fails when draining (shutdown) or when too many requests are queued.
+  Result<std::shared_ptr<RequestChannel>> Submit(RequestSpec spec);
+  void Cancel(uint64_t id);
+
+  // Engine side. Moves pending submissions and cancellations into a plan.
+  StepPlan TakePlan();
+  // Blocks until something is pending or `timeout` passes.
+  void WaitForWork(std::chrono::milliseconds timeout);
+  void Deliver(const std::vector<TokenEvent>& events);
+  // Stops admission; later Submit calls fail with `reason`.
+  void StopAdmission(const std::string& reason);
+  // Ends every active request with `message`; returns their ids (for a cancel plan).
+  std::vector<uint64_t> AbortAll(const std::string& message);
+  size_t active() const;
+
+ private:
+  const int max_queued_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t next_id_ = 1;
+  bool admitting_ = true;
+  std::string closed_reason_;
+  std::vector<RequestSpec> pending_add_;
+  std::vector<uint64_t> pending_cancel_;
+  std::map<uint64_t, std::shared_ptr<RequestChannel>> active_;
+};
+
+}  // namespace tpserve
