@@ -7,6 +7,7 @@
 
 #include "apps/commands.h"
 #include "apps/launch_check.h"
+#include "apps/run_common.h"
 #include "comm/mpi_comm.h"
 #include "comm/parallel_config.h"
 #include "common/log.h"
@@ -25,18 +26,6 @@ struct RunFlags {
   GenerateOptions gen;
   bool json = false;
 };
-
-// Every rank reached the same point; returns false on all ranks if any rank failed, after
-// each failing rank printed its own error.
-bool AllOk(Communicator& world, const Status& st) {
-  if (!st.ok()) log::Error("{}", st.message());
-  float failed = st.ok() ? 0.0f : 1.0f;
-  if (Status s = world.AllReduceSum(&failed, 1); !s.ok()) {
-    log::Error("{}", s.message());
-    MpiEnv::Abort(1);
-  }
-  return failed == 0.0f;
-}
 
 int Run(const RunFlags& f, int argc, char** argv) {
   auto env_or = MpiEnv::Init(&argc, &argv);
@@ -76,7 +65,7 @@ int Run(const RunFlags& f, int argc, char** argv) {
       setup = model_or.status();
     }
   }
-  if (setup.ok()) setup = ValidateGenerateRequest(model->config(), prompt, f.gen);
+  if (setup.ok()) setup = ValidateGenerateRequest(*model, prompt, f.gen);
   if (!AllOk(*world, setup)) return 1;
 
   auto result = Generate(*model, prompt, f.gen);
@@ -90,7 +79,13 @@ int Run(const RunFlags& f, int argc, char** argv) {
     log::Info("{} prompt + {} generated tokens, tp={}, prefill {:.1f} ms, decode {:.1f} tok/s", prompt.size(),
               r.token_ids.size(), tp->size(), r.prefill_seconds * 1e3, tps);
     if (f.json) {
-      nlohmann::json out = {{"token_ids", r.token_ids}, {"finish_reason", r.finish_reason}};
+      nlohmann::json out = {{"token_ids", r.token_ids},
+                            {"finish_reason", r.finish_reason},
+                            {"usage",
+                             {{"prompt_tokens", prompt.size()},
+                              {"completion_tokens", r.token_ids.size()},
+                              {"time_to_first_token_s", r.prefill_seconds},
+                              {"decode_time_s", r.decode_seconds}}}};
       std::cout << out.dump() << std::endl;
     } else {
       for (size_t i = 0; i < r.token_ids.size(); ++i) std::cout << (i ? " " : "") << r.token_ids[i];

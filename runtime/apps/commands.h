@@ -11,6 +11,7 @@ namespace tpserve {
 using CommandMain = std::function<int(int argc, char** argv)>;
 
 CommandMain AddRunCommand(CLI::App& app);
+CommandMain AddServeCommand(CLI::App& app);
 CommandMain AddDoctorCommand(CLI::App& app);
 
 }  // namespace tpserve

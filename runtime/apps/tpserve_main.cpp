@@ -1,5 +1,6 @@
 // tpserve: tensor-parallel LLM inference under mpirun.
 //   mpirun -np T tpserve run --model-path DIR --prompt-ids 1,2,3 --max-new-tokens 32 --json
+//   mpirun -np T tpserve serve --model-path DIR --port 30000
 //   mpirun -np T tpserve doctor
 #include <CLI/CLI.hpp>
 
@@ -10,9 +11,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "tpserve 0.1.0");
   const tpserve::CommandMain run = tpserve::AddRunCommand(app);
+  const tpserve::CommandMain serve = tpserve::AddServeCommand(app);
   const tpserve::CommandMain doctor = tpserve::AddDoctorCommand(app);
   CLI11_PARSE(app, argc, argv);
   if (app.got_subcommand("run")) return run(argc, argv);
+  if (app.got_subcommand("serve")) return serve(argc, argv);
   if (app.got_subcommand("doctor")) return doctor(argc, argv);
   return 2;
 }

@@ -1,0 +1,164 @@
+// `tpserve serve`: the server. Every rank runs the engine loop; rank 0 also runs the gRPC
+// gateway. SIGTERM/SIGINT on rank 0 drains in-flight requests (--shutdown-timeout), then
+// broadcasts SHUTDOWN and every rank exits 0.
+#include <csignal>
+#include <memory>
+
+#include "apps/commands.h"
+#include "apps/launch_check.h"
+#include "apps/run_common.h"
+#include "comm/mpi_comm.h"
+#include "comm/parallel_config.h"
+#include "common/log.h"
+#include "cpu/kernels.h"
+#include "engine/batch_engine.h"
+#include "engine/loader.h"
+#include "server/engine_loop.h"
+#include "server/gateway.h"
+
+namespace tpserve {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) {
+  g_stop = true;
+}
+
+struct ServeFlags {
+  LoadOptions load;
+  LaunchFlags launch;
+  int tp = 0, dp = 1, pp = 1;
+  GatewayOptions gateway;
+  EngineOptions engine;
+  int max_queued_requests = 1024;
+  LoopOptions loop;
+};
+
+// Rank 0 only: the gateway, with the facts GetModelInfo / GetServerInfo report.
+Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaModel& model,
+                    BatchEngine& engine, RequestQueue& queue, ServerCounters& counters,
+                    std::unique_ptr<Gateway>* out) {
+  {
+    std::lock_guard<std::mutex> lock(counters.mu);
+    counters.engine = engine.stats();
+  }
+  GatewayInfo info;
+  info.model_path = f.load.model_path;
+  info.config = model.config();
+  info.weight_dtype = kernels::DTypeName(
+      model.weights().layers.empty() ? kernels::DType::kF32 : model.weights().layers[0].q.dtype());
+  info.context_length = engine.context_length();
+  info.parallel = pc;
+  info.cpu_isa = kernels::ActiveKernels().isa;
+  info.flags = {{"model_path", f.load.model_path},
+                {"tp", std::to_string(pc.tp_size)},
+                {"partition", f.load.partition_path},
+                {"dtype", f.load.dtype},
+                {"host", f.gateway.host},
+                {"port", std::to_string(f.gateway.port)},
+                {"max_running_requests", std::to_string(f.engine.max_running_requests)},
+                {"context_length", std::to_string(engine.context_length())},
+                {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
+                {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
+  TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(f.gateway, info, queue, counters,
+                                            [&engine](const RequestSpec& s) { return engine.Validate(s); }));
+  return Status();
+}
+
+int Serve(const ServeFlags& f, int argc, char** argv) {
+  auto env_or = MpiEnv::Init(&argc, &argv);
+  if (!env_or.ok()) {
+    log::Error("{}", env_or.status().message());
+    return 1;
+  }
+  std::unique_ptr<MpiEnv> env = std::move(env_or).value();
+  std::unique_ptr<MpiComm> world = MpiComm::World();
+  // Every rank catches the signals (mpirun may forward them); only rank 0 acts on them.
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+
+  auto pc = ParallelConfig::Make(env->world_size(), env->world_rank(), f.tp, f.dp, f.pp);
+  if (!pc.ok()) {
+    log::Error("{}", pc.status().message());
+    return 1;
+  }
+  if (pc->dp_size > 1 || pc->pp_size > 1) {
+    log::Error("--dp-size and --pp-size > 1 are not supported by this build yet; run one TP group (--tp {})",
+               env->world_size());
+    return 1;
+  }
+  if (!AllOk(*world, CheckLaunchFlags(f.launch, *env, *world))) return 1;
+  auto tp_or = world->Split(pc->tp_group_color(), pc->world_rank, "tp");
+  if (!AllOk(*world, tp_or.status())) return 1;
+  std::unique_ptr<MpiComm> tp = std::move(tp_or).value();
+
+  LoadOptions load = f.load;
+  load.show_progress = true;
+  auto model_or = LoadModel(load, *tp);
+  if (!AllOk(*world, model_or.status())) return 1;
+  std::unique_ptr<LlamaModel> model = std::move(model_or).value();
+  BatchEngine engine(*model, f.engine);
+
+  // Rank 0 starts the gateway; every rank then agrees on the outcome (a taken port fails all).
+  const bool leader = env->world_rank() == 0;
+  RequestQueue queue(f.max_queued_requests);
+  ServerCounters counters;
+  std::unique_ptr<Gateway> gateway;
+  Status gateway_status = leader ? StartGateway(f, *pc, *model, engine, queue, counters, &gateway) : Status();
+  if (!AllOk(*world, gateway_status)) return 1;
+  if (!leader) {
+    Status st = RunEngineLoopFollower(engine, *tp);
+    if (!st.ok()) {
+      log::Error("engine loop failed: {}", st.message());
+      MpiEnv::Abort(1);
+    }
+    return 0;
+  }
+  log::Info("serving {} on {}:{} (tp={}, context {}, isa {})", f.load.model_path, f.gateway.host,
+            gateway->port(), pc->tp_size, engine.context_length(), kernels::ActiveKernels().isa);
+  Status st = RunEngineLoopLeader(engine, *tp, queue, counters, g_stop, f.loop);
+  if (!st.ok()) {
+    log::Error("engine loop failed: {}", st.message());
+    MpiEnv::Abort(1);
+  }
+  gateway->Shutdown();
+  log::Info("shut down cleanly");
+  return 0;
+}
+
+}  // namespace
+
+CommandMain AddServeCommand(CLI::App& app) {
+  auto f = std::make_shared<ServeFlags>();
+  CLI::App* cmd =
+      app.add_subcommand("serve", "Serve gRPC generation requests (under mpirun; rank 0 listens)");
+  cmd->add_option("--model-path", f->load.model_path, "Hugging Face model directory")->required();
+  cmd->add_option("--tp", f->tp, "Tensor-parallel size (default: every rank of the world)");
+  cmd->add_option("--dp-size", f->dp, "Data-parallel replicas")->capture_default_str();
+  cmd->add_option("--pp-size", f->pp, "Pipeline stages")->capture_default_str();
+  cmd->add_option("--partition", f->load.partition_path, "Partition plan YAML (default: computed in memory)");
+  cmd->add_option("--dtype", f->load.dtype, "Weight dtype: auto (as stored), f32, bf16, f16")
+      ->capture_default_str();
+  cmd->add_option("--host", f->gateway.host, "Listen address")->capture_default_str();
+  cmd->add_option("--port", f->gateway.port, "Listen port")->capture_default_str();
+  cmd->add_option("--api-key", f->gateway.api_key, "Require 'authorization: Bearer KEY' on every RPC");
+  cmd->add_option("--tls-cert", f->gateway.tls_cert, "TLS certificate chain (PEM)");
+  cmd->add_option("--tls-key", f->gateway.tls_key, "TLS private key (PEM)");
+  cmd->add_option("--max-message-bytes", f->gateway.max_message_bytes, "Largest request accepted")
+      ->capture_default_str();
+  cmd->add_option("--max-prompt-tokens", f->gateway.max_prompt_tokens,
+                  "Longest prompt accepted (0: context - 1)");
+  cmd->add_option("--max-running-requests", f->engine.max_running_requests, "Sequences decoded together")
+      ->capture_default_str();
+  cmd->add_option("--max-queued-requests", f->max_queued_requests,
+                  "Requests held at once (running + waiting)")
+      ->capture_default_str();
+  cmd->add_option("--context-length", f->engine.context_length, "Context length (0: the model's)");
+  cmd->add_option("--shutdown-timeout", f->loop.shutdown_timeout_s,
+                  "Seconds to finish requests after SIGTERM")
+      ->capture_default_str();
+  AddLaunchFlags(cmd, &f->launch);
+  return [f](int argc, char** argv) { return Serve(*f, argc, argv); };
+}
+
+}  // namespace tpserve
