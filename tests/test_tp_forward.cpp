@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "comm/mpi_comm.h"
+#include "engine/batch_engine.h"
 #include "engine/generator.h"
 #include "engine/loader.h"
 #include "model/safetensors.h"
@@ -95,6 +96,22 @@ TEST_P(TpForward, LogitsMatchFloat64Reference) {
       worst = std::max(worst, err);
       EXPECT_LE(err, 1e-4) << "step " << step;
       next = static_cast<int32_t>(std::max_element(want.begin(), want.end()) - want.begin());
+    }
+    // The chosen token's log-probability, greedy (distributed log-sum-exp) and sampled (rank 0).
+    for (float temperature : {0.0f, 0.7f}) {
+      SamplingParams sp;
+      sp.temperature = temperature;
+      std::vector<float> scratch = local;
+      std::mt19937_64 rng(step);
+      auto choice = SelectToken(model, scratch.data(), sp, {}, /*want_logprob=*/true, rng);
+      ASSERT_TRUE(choice.ok()) << choice.status().message();
+      if (ref) {
+        const double mx = *std::max_element(want.begin(), want.end());
+        double z = 0;
+        for (double v : want) z += std::exp(v - mx);
+        const double ref_lp = want[choice->token] - mx - std::log(z);
+        EXPECT_NEAR(choice->logprob, ref_lp, 1e-4 * (1 + std::abs(ref_lp))) << "temperature " << temperature;
+      }
     }
     ASSERT_TRUE(world_->Broadcast(&next, sizeof(next), 0).ok());
     ASSERT_TRUE(model.Forward(&next, 1, cache, local.data()).ok());

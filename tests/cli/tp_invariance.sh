@@ -4,12 +4,15 @@
 # reference's, and at TP 1/2/4/8 on stories260K when ../shared is present.
 source "$(dirname "$0")/lib.sh"
 
+# The generated ids of a `tpserve run --json` object, comma-separated.
+ids_of() { python3 -c 'import json,sys; print(", ".join(map(str, json.load(sys.stdin)["token_ids"])))'; }
+
 "$BIN/tpserve-mkmodel" --preset tiny --dtype f32 --seed 3 --out "$WORK/tiny" 2>/dev/null || fail "mkmodel"
 want=$("$REF_GREEDY" "$WORK/tiny" 64 1 5 9 2>/dev/null)
 for tp in 1 2 4; do
   got=$("${MPIRUN[@]}" -np $tp "$BIN/tpserve" run --model-path "$WORK/tiny" --prompt-ids 1,5,9 \
         --max-new-tokens 64 --ignore-eos --json 2>"$WORK/err$tp")
-  ids=$(echo "$got" | python3 -c 'import json,sys; print(", ".join(map(str, json.load(sys.stdin)["token_ids"])))')
+  ids=$(echo "$got" | ids_of)
   [ "$ids" = "$want" ] && pass "tiny f32 TP $tp matches the float64 reference" || fail "tiny TP $tp: $ids != $want"
 done
 
@@ -19,24 +22,24 @@ done
 grep -q "rank 2: weights" "$WORK/part.err" && pass "tpserve-partition prints per-rank bytes" || fail "no per-rank bytes"
 got=$("${MPIRUN[@]}" -np 3 "$BIN/tpserve" run --model-path "$WORK/tiny" --partition "$WORK/plan3.yaml" \
       --prompt-ids 1,5,9 --max-new-tokens 64 --ignore-eos --json 2>"$WORK/err3")
-ids=$(echo "$got" | python3 -c 'import json,sys; print(", ".join(map(str, json.load(sys.stdin)["token_ids"])))')
+ids=$(echo "$got" | ids_of)
 [ "$ids" = "$want" ] && pass "TP 3 with a YAML plan matches" || fail "TP 3 plan: $ids != $want"
 
 # Sampling with a seed is reproducible and independent of the TP size (rank 0 samples from
 # the gathered logits with the request's RNG).
 s1=$("${MPIRUN[@]}" -np 1 "$BIN/tpserve" run --model-path "$WORK/tiny" --prompt-ids 1 --max-new-tokens 32 \
-     --temperature 0.8 --top-k 50 --top-p 0.9 --seed 11 --json 2>/dev/null)
+     --temperature 0.8 --top-k 50 --top-p 0.9 --seed 11 --ignore-eos --json 2>/dev/null | ids_of)
 s2=$("${MPIRUN[@]}" -np 2 "$BIN/tpserve" run --model-path "$WORK/tiny" --prompt-ids 1 --max-new-tokens 32 \
-     --temperature 0.8 --top-k 50 --top-p 0.9 --seed 11 --json 2>/dev/null)
-[ -n "$s1" ] && [ "$s1" = "$s2" ] && pass "seeded sampling equal at TP 1 and 2" || fail "seeded sampling: $s1 vs $s2"
+     --temperature 0.8 --top-k 50 --top-p 0.9 --seed 11 --ignore-eos --json 2>/dev/null | ids_of)
+[ "$(echo "$s1" | tr ',' '\n' | grep -c .)" = 32 ] && [ "$s1" = "$s2" ] && pass "seeded sampling equal at TP 1 and 2" || fail "seeded sampling: $s1 vs $s2"
 
 SHARED="${TPSERVE_SHARED:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
 if [ -d "$SHARED/models/stories260K" ]; then
   first=""
   for tp in 1 2 4 8; do
     got=$("${MPIRUN[@]}" -np $tp "$BIN/tpserve" run --model-path "$SHARED/models/stories260K" --prompt-ids 1 \
-          --max-new-tokens 199 --ignore-eos --json 2>/dev/null)
-    n=$(echo "$got" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["token_ids"]))')
+          --max-new-tokens 199 --ignore-eos --json 2>/dev/null | ids_of)
+    n=$(echo "$got" | tr ',' '\n' | grep -c .)
     [ "$n" = 199 ] || fail "stories TP $tp produced $n tokens"
     [ -z "$first" ] && first="$got"
     [ "$got" = "$first" ] && pass "stories260K TP $tp: 199 tokens identical to TP 1" || fail "stories TP $tp differs"

@@ -1,0 +1,307 @@
+// The gRPC gateway end to end: each test starts `mpirun -np N tpserve serve` on a free loopback
+// port (server_harness), talks to it with generated stubs, and stops it with SIGTERM.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <dirent.h>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "model/synthetic.h"
+#include "reflection_client.grpc.pb.h"
+#include "server_harness.h"
+#include "test_util.h"
+
+namespace tpserve {
+namespace {
+
+namespace pb = ::tpserve::v1;
+using testing::Collected;
+using testing::GenerateAll;
+using testing::GreedyRequest;
+using testing::ServerProcess;
+
+class Gateway : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = testing::MakeTempDir("gateway");
+    SyntheticSpec tiny;
+    tiny.preset = "tiny";
+    tiny.dtype = kernels::DType::kF32;
+    tiny.seed = 5;
+    ASSERT_TRUE(WriteSyntheticModel(tiny, dir_ + "/tiny").ok());
+    SyntheticSpec small;  // slower steps (~10 ms), for cancel and shutdown timing
+    small.preset = "small";
+    small.dtype = kernels::DType::kBF16;
+    ASSERT_TRUE(WriteSyntheticModel(small, dir_ + "/small").ok());
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+  static std::string tiny() { return dir_ + "/tiny"; }
+  static std::string small() { return dir_ + "/small"; }
+  static std::string dir_;
+};
+std::string Gateway::dir_;
+
+TEST_F(Gateway, StreamedGreedyEqualsTpserveRunAtTp1AndTp2) {
+  const std::vector<int32_t> prompt = {1, 5, 9, 200};
+  for (int np : {1, 2}) {
+    const std::vector<int32_t> want = testing::RunGreedy(tiny(), np, prompt, 40);
+    ASSERT_EQ(want.size(), 40u) << "tpserve run failed at np " << np;
+    ServerProcess server(tiny(), np);
+    ASSERT_TRUE(server.ready()) << server.log();
+    Collected got = GenerateAll(server, GreedyRequest(prompt, 40));
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(got.ids, want) << "np " << np;
+    EXPECT_GT(got.messages, 1) << "tokens should stream as they are produced";
+    EXPECT_EQ(got.final.finish_reason(), pb::FINISH_REASON_LENGTH);
+    EXPECT_EQ(got.final.usage().completion_tokens(), 40);
+    EXPECT_EQ(got.final.usage().prompt_tokens(), 4);
+    EXPECT_EQ(server.Terminate(30), 0) << server.log();
+  }
+}
+
+TEST_F(Gateway, SixteenConcurrentClientsEachMatchTheirSoloResult) {
+  ServerProcess server(tiny(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  constexpr int kClients = 16;
+  std::vector<pb::GenerateRequest> reqs;
+  for (int i = 0; i < kClients; ++i) {
+    std::vector<int32_t> prompt = {1};
+    for (int j = 0; j < 1 + (i * 7) % 13; ++j) prompt.push_back((i * 131 + j * 17) % 1000);
+    reqs.push_back(GreedyRequest(prompt, 5 + (i * 11) % 60));
+  }
+  std::vector<Collected> solo(kClients), together(kClients);
+  for (int i = 0; i < kClients; ++i) solo[i] = GenerateAll(server, reqs[i]);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      // Staggered arrivals, so requests join a running batch between steps.
+      std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));
+      together[i] = GenerateAll(server, reqs[i]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    EXPECT_EQ(static_cast<int>(together[i].ids.size()), reqs[i].max_new_tokens()) << "client " << i;
+    EXPECT_EQ(together[i].ids, solo[i].ids) << "client " << i;
+    EXPECT_EQ(together[i].final.usage().completion_tokens(), reqs[i].max_new_tokens());
+  }
+  const pb::ServerInfo info = server.Info();
+  EXPECT_EQ(info.finished_requests(), 2 * kClients);
+  EXPECT_EQ(info.running_requests(), 0);
+}
+
+TEST_F(Gateway, CancelStopsWithinAStepFreesMemoryAndKeepsServing) {
+  ServerProcess server(small(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto stub = pb::TpServe::NewStub(server.channel());
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, GreedyRequest({1, 2, 3}, 2000));
+  pb::GenerateResponse msg;
+  int received = 0;
+  while (received < 5 && reader->Read(&msg)) received += msg.token_ids_size();
+  EXPECT_GT(server.Info().kv_cache_used_bytes(), 0);
+  ctx.TryCancel();
+  while (reader->Read(&msg)) received += msg.token_ids_size();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  pb::ServerInfo info;
+  for (int i = 0; i < 200; ++i) {  // up to 2 s for the engine to drop it
+    info = server.Info();
+    if (info.running_requests() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(info.running_requests(), 0);
+  EXPECT_EQ(info.kv_cache_used_bytes(), 0);
+  EXPECT_EQ(info.kv_cache_used_tokens(), 0);
+  EXPECT_EQ(info.cancelled_requests(), 1);
+  // Tokens produced after the client's last read: the step in flight plus at most one more.
+  RecordProperty("tokens_after_cancel", static_cast<int>(info.generated_tokens() - received));
+  EXPECT_LE(info.generated_tokens() - received, 3)
+      << "generated " << info.generated_tokens() << ", read " << received;
+  Collected after = GenerateAll(server, GreedyRequest({1, 2, 3}, 8));
+  EXPECT_TRUE(after.status.ok());
+  EXPECT_EQ(after.ids.size(), 8u);
+}
+
+// Expects `req` to fail with `code` and a message containing `needle`.
+void ExpectRejected(const ServerProcess& server, const pb::GenerateRequest& req, grpc::StatusCode code,
+                    const std::string& needle) {
+  Collected c = GenerateAll(server, req);
+  EXPECT_EQ(c.status.error_code(), code) << needle << ": " << c.status.error_message();
+  EXPECT_NE(c.status.error_message().find(needle), std::string::npos) << c.status.error_message();
+  EXPECT_TRUE(c.ids.empty());
+}
+
+TEST_F(Gateway, BadRequestsGetStatusesAndTheServerKeepsServing) {
+  ServerProcess server(tiny(), 2, {"--max-message-bytes", "65536"});
+  ASSERT_TRUE(server.ready()) << server.log();
+  using grpc::StatusCode;
+  pb::GenerateRequest empty;
+  empty.set_max_new_tokens(4);
+  ExpectRejected(server, empty, StatusCode::INVALID_ARGUMENT, "prompt is empty");
+  ExpectRejected(server, GreedyRequest({}, 4), StatusCode::INVALID_ARGUMENT, "prompt is empty");
+  ExpectRejected(server, GreedyRequest({1, 1000}, 4), StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ExpectRejected(server, GreedyRequest({1, -3}, 4), StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ExpectRejected(server, GreedyRequest({1}, 0), StatusCode::INVALID_ARGUMENT, "max_new_tokens");
+  ExpectRejected(server, GreedyRequest({1}, -5), StatusCode::INVALID_ARGUMENT, "max_new_tokens");
+  ExpectRejected(server, GreedyRequest({1}, 5000), StatusCode::INVALID_ARGUMENT, "max_new_tokens");
+  auto with = [](auto set) {
+    pb::GenerateRequest r = GreedyRequest({1, 2}, 4);
+    set(r.mutable_sampling());
+    return r;
+  };
+  ExpectRejected(server, with([](auto* s) { s->set_temperature(-0.5f); }), StatusCode::INVALID_ARGUMENT,
+                 "temperature");
+  ExpectRejected(server, with([](auto* s) { s->set_temperature(std::nanf("")); }),
+                 StatusCode::INVALID_ARGUMENT, "temperature");
+  ExpectRejected(server, with([](auto* s) { s->set_top_p(0.0f); }), StatusCode::INVALID_ARGUMENT, "top_p");
+  ExpectRejected(server, with([](auto* s) { s->set_top_p(1.5f); }), StatusCode::INVALID_ARGUMENT, "top_p");
+  ExpectRejected(server, with([](auto* s) { s->set_top_k(-1); }), StatusCode::INVALID_ARGUMENT, "top_k");
+  ExpectRejected(server, with([](auto* s) { s->set_repetition_penalty(0.0f); }), StatusCode::INVALID_ARGUMENT,
+                 "repetition_penalty");
+  ExpectRejected(server, GreedyRequest(std::vector<int32_t>(1100, 7), 4), StatusCode::INVALID_ARGUMENT,
+                 "the limit is 1023");
+  ExpectRejected(server, GreedyRequest(std::vector<int32_t>(100000, 7), 4), StatusCode::RESOURCE_EXHAUSTED,
+                 "");
+  pb::GenerateRequest text;
+  text.set_text("hello");
+  text.set_max_new_tokens(4);
+  ExpectRejected(server, text, StatusCode::INVALID_ARGUMENT, "tokenizer");
+  Collected ok = GenerateAll(server, GreedyRequest({1, 2}, 4));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.ids.size(), 4u);
+}
+
+TEST_F(Gateway, ApiKeyIsRequiredOnEveryRpc) {
+  ServerProcess server(tiny(), 1, {}, "s3cret");
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto stub = pb::TpServe::NewStub(server.channel());
+  auto health = grpc::health::v1::Health::NewStub(server.channel());
+  for (const char* key : {"", "Bearer wrong", "s3cret"}) {
+    grpc::ClientContext c1, c2, c3;
+    for (auto* c : {&c1, &c2, &c3}) {
+      if (*key) c->AddMetadata("authorization", key);
+    }
+    pb::ServerInfo info;
+    grpc::health::v1::HealthCheckResponse hr;
+    auto reader = stub->Generate(&c3, GreedyRequest({1}, 2));
+    pb::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    for (const grpc::Status& st :
+         {stub->GetServerInfo(&c1, {}, &info), health->Check(&c2, {}, &hr), reader->Finish()}) {
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "key '" << key << "'";
+    }
+  }
+  Collected ok = GenerateAll(server, GreedyRequest({1}, 2));  // the harness sends the right key
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+}
+
+TEST_F(Gateway, HealthServingAndReflectionListsTheService) {
+  ServerProcess server(tiny(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto health = grpc::health::v1::Health::NewStub(server.channel());
+  grpc::ClientContext hc;
+  grpc::health::v1::HealthCheckResponse hr;
+  ASSERT_TRUE(health->Check(&hc, {}, &hr).ok());
+  EXPECT_EQ(hr.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  auto refl = grpc::reflection::v1alpha::ServerReflection::NewStub(server.channel());
+  grpc::ClientContext rc;
+  auto stream = refl->ServerReflectionInfo(&rc);
+  grpc::reflection::v1alpha::ServerReflectionRequest req;
+  req.set_list_services("*");
+  ASSERT_TRUE(stream->Write(req));
+  grpc::reflection::v1alpha::ServerReflectionResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));
+  std::set<std::string> names;
+  for (const auto& s : resp.list_services_response().service()) names.insert(s.name());
+  EXPECT_TRUE(names.count("tpserve.v1.TpServe")) << "services listed: " << names.size();
+  EXPECT_TRUE(names.count("grpc.health.v1.Health"));
+  // The descriptor of the service can be fetched too (what grpcurl does next).
+  req.set_file_containing_symbol("tpserve.v1.TpServe");
+  ASSERT_TRUE(stream->Write(req));
+  ASSERT_TRUE(stream->Read(&resp));
+  EXPECT_GT(resp.file_descriptor_response().file_descriptor_proto_size(), 0);
+  stream->WritesDone();
+  stream->Finish();
+}
+
+TEST_F(Gateway, SigtermDrainsFinishesOrCancelsAndEveryRankExitsZero) {
+  ServerProcess server(small(), 2, {"--shutdown-timeout", "3"});
+  ASSERT_TRUE(server.ready()) << server.log();
+  Collected short_run, long_run;
+  std::thread a([&] { short_run = GenerateAll(server, GreedyRequest({1, 4}, 60)); });
+  std::thread b([&] { long_run = GenerateAll(server, GreedyRequest({1, 5}, 2000)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = server.Terminate(20);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  a.join();
+  b.join();
+  EXPECT_EQ(rc, 0) << server.log();
+  EXPECT_LT(took, 3.0 + 5.0) << "grace period 3 s";
+  // The short request finishes inside the grace period; the long one gets a clean UNAVAILABLE.
+  EXPECT_TRUE(short_run.status.ok()) << short_run.status.error_message();
+  EXPECT_EQ(short_run.ids.size(), 60u);
+  EXPECT_EQ(long_run.status.error_code(), grpc::StatusCode::UNAVAILABLE) << long_run.status.error_message();
+  EXPECT_NE(long_run.status.error_message().find("shutting down"), std::string::npos);
+  EXPECT_NE(server.log().find("shut down cleanly"), std::string::npos) << server.log();
+}
+
+// CPU seconds (user + system) of a process, from /proc/PID/stat.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), {});
+  std::istringstream rest(s.substr(s.rfind(')') + 2));
+  std::string f;
+  std::vector<std::string> fields;
+  while (rest >> f) fields.push_back(f);
+  return (std::stod(fields[11]) + std::stod(fields[12])) / sysconf(_SC_CLK_TCK);  // utime, stime
+}
+
+std::vector<pid_t> Children(pid_t parent) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  while (dirent* e = readdir(d)) {
+    const pid_t pid = atoi(e->d_name);
+    if (pid <= 0) continue;
+    std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+    std::string s((std::istreambuf_iterator<char>(in)), {});
+    if (s.empty()) continue;
+    std::istringstream rest(s.substr(s.rfind(')') + 2));
+    std::string state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) out.push_back(pid);
+  }
+  closedir(d);
+  return out;
+}
+
+TEST_F(Gateway, IdleRanksDoNotBurnACore) {
+  ServerProcess server(tiny(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::vector<pid_t> ranks = Children(server.mpirun_pid());
+  ASSERT_EQ(ranks.size(), 2u);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // past start-up
+  std::vector<double> before;
+  for (pid_t p : ranks) before.push_back(CpuSeconds(p));
+  std::this_thread::sleep_for(std::chrono::seconds(10));
+  double total = 0;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    const double used = CpuSeconds(ranks[i]) - before[i];
+    total += used;
+    std::printf("idle 10 s: rank pid %d used %.3f CPU s (%.2f%% of a core)\n", ranks[i], used, used * 10);
+  }
+  RecordProperty("idle_cpu_seconds_2_ranks_10s", fmt::format("{:.3f}", total));
+  EXPECT_LT(total, 0.5) << "2 idle ranks used " << total << " CPU s in 10 s";
+}
+
+}  // namespace
+}  // namespace tpserve
