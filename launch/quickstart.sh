@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
-# Fresh Debian 12 to a 2-rank tensor-parallel generation: install dependencies, build, write
-# the demo model, run it on 2 MPI ranks (one weight shard each).
+# Fresh Debian 12 to a 2-rank tensor-parallel server answering a request: install dependencies,
+# build, write the demo model, generate once offline, then start `tpserve serve` on 2 MPI ranks
+# (one weight shard each), stream a generation through gRPC with tpserve-cli, and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install-deps.sh
 cmake --preset release
 cmake --build build -j2
-./build/runtime/tpserve-mkmodel --preset tiny --dtype bf16 --seed 0 --out models/tiny
-./build/runtime/tpserve-partition --model-path models/tiny --tp 2 -o models/tiny/plan-tp2.yaml
+BIN=build/runtime
+$BIN/tpserve-mkmodel --preset tiny --dtype bf16 --seed 0 --out models/tiny
+$BIN/tpserve-partition --model-path models/tiny --tp 2 -o models/tiny/plan-tp2.yaml
+
+echo "== offline: 2-rank generation (tpserve run)"
 launch/tpserve-mpirun.sh 2 run --model-path models/tiny --partition models/tiny/plan-tp2.yaml \
   --prompt-ids 1,15,27,300 --max-new-tokens 32 --json
+
+echo "== server: 2 ranks, gRPC on 127.0.0.1:${PORT:=30000}"
+launch/tpserve-mpirun.sh 2 serve --model-path models/tiny --partition models/tiny/plan-tp2.yaml --port "$PORT" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do $BIN/tpserve-cli --addr "127.0.0.1:$PORT" health >/dev/null 2>&1 && break; sleep 0.1; done
+$BIN/tpserve-cli --addr "127.0.0.1:$PORT" generate --prompt-ids 1,15,27,300 --max-new-tokens 32
+$BIN/tpserve-cli --addr "127.0.0.1:$PORT" generate --prompt-ids 1,15,27,300 --max-new-tokens 8 --json --logprobs
+# Graceful stop: SIGTERM to rank 0 (its pid is in GetServerInfo); every rank exits 0.
+kill -TERM "$($BIN/tpserve-cli --addr "127.0.0.1:$PORT" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)"
+wait $server
+echo "== done"
