@@ -25,9 +25,7 @@ void OnSignal(int) {
 }
 
 struct ServeFlags {
-  LoadOptions load;
-  LaunchFlags launch;
-  int tp = 0, dp = 1, pp = 1;
+  JobFlags job;
   GatewayOptions gateway;
   EngineOptions engine;
   int max_queued_requests = 1024;
@@ -43,17 +41,17 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
     counters.engine = engine.stats();
   }
   GatewayInfo info;
-  info.model_path = f.load.model_path;
+  info.model_path = f.job.load.model_path;
   info.config = model.config();
   info.weight_dtype = kernels::DTypeName(
       model.weights().layers.empty() ? kernels::DType::kF32 : model.weights().layers[0].q.dtype());
   info.context_length = engine.context_length();
   info.parallel = pc;
   info.cpu_isa = kernels::ActiveKernels().isa;
-  info.flags = {{"model_path", f.load.model_path},
+  info.flags = {{"model_path", f.job.load.model_path},
                 {"tp", std::to_string(pc.tp_size)},
-                {"partition", f.load.partition_path},
-                {"dtype", f.load.dtype},
+                {"partition", f.job.load.partition_path},
+                {"dtype", f.job.load.dtype},
                 {"host", f.gateway.host},
                 {"port", std::to_string(f.gateway.port)},
                 {"max_running_requests", std::to_string(f.engine.max_running_requests)},
@@ -66,57 +64,32 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
 }
 
 int Serve(const ServeFlags& f, int argc, char** argv) {
-  auto env_or = MpiEnv::Init(&argc, &argv);
-  if (!env_or.ok()) {
-    log::Error("{}", env_or.status().message());
-    return 1;
-  }
-  std::unique_ptr<MpiEnv> env = std::move(env_or).value();
-  std::unique_ptr<MpiComm> world = MpiComm::World();
+  Job job;
+  if (int rc = StartJob(f.job, argc, argv, &job); rc != 0) return rc;
   // Every rank catches the signals (mpirun may forward them); only rank 0 acts on them.
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-
-  auto pc = ParallelConfig::Make(env->world_size(), env->world_rank(), f.tp, f.dp, f.pp);
-  if (!pc.ok()) {
-    log::Error("{}", pc.status().message());
-    return 1;
-  }
-  if (pc->dp_size > 1 || pc->pp_size > 1) {
-    log::Error("--dp-size and --pp-size > 1 are not supported by this build yet; run one TP group (--tp {})",
-               env->world_size());
-    return 1;
-  }
-  if (!AllOk(*world, CheckLaunchFlags(f.launch, *env, *world))) return 1;
-  auto tp_or = world->Split(pc->tp_group_color(), pc->world_rank, "tp");
-  if (!AllOk(*world, tp_or.status())) return 1;
-  std::unique_ptr<MpiComm> tp = std::move(tp_or).value();
-
-  LoadOptions load = f.load;
-  load.show_progress = true;
-  auto model_or = LoadModel(load, *tp);
-  if (!AllOk(*world, model_or.status())) return 1;
-  std::unique_ptr<LlamaModel> model = std::move(model_or).value();
-  BatchEngine engine(*model, f.engine);
+  LlamaModel& model = *job.model;
+  BatchEngine engine(model, f.engine);
 
   // Rank 0 starts the gateway; every rank then agrees on the outcome (a taken port fails all).
-  const bool leader = env->world_rank() == 0;
   RequestQueue queue(f.max_queued_requests);
   ServerCounters counters;
   std::unique_ptr<Gateway> gateway;
-  Status gateway_status = leader ? StartGateway(f, *pc, *model, engine, queue, counters, &gateway) : Status();
-  if (!AllOk(*world, gateway_status)) return 1;
-  if (!leader) {
-    Status st = RunEngineLoopFollower(engine, *tp);
+  Status gateway_status =
+      job.leader() ? StartGateway(f, job.parallel, model, engine, queue, counters, &gateway) : Status();
+  if (!AllOk(*job.world, gateway_status)) return 1;
+  if (!job.leader()) {
+    Status st = RunEngineLoopFollower(engine, *job.tp);
     if (!st.ok()) {
       log::Error("engine loop failed: {}", st.message());
       MpiEnv::Abort(1);
     }
     return 0;
   }
-  log::Info("serving {} on {}:{} (tp={}, context {}, isa {})", f.load.model_path, f.gateway.host,
-            gateway->port(), pc->tp_size, engine.context_length(), kernels::ActiveKernels().isa);
-  Status st = RunEngineLoopLeader(engine, *tp, queue, counters, g_stop, f.loop);
+  log::Info("serving {} on {}:{} (tp={}, context {}, isa {})", f.job.load.model_path, f.gateway.host,
+            gateway->port(), job.parallel.tp_size, engine.context_length(), kernels::ActiveKernels().isa);
+  Status st = RunEngineLoopLeader(engine, *job.tp, queue, counters, g_stop, f.loop);
   if (!st.ok()) {
     log::Error("engine loop failed: {}", st.message());
     MpiEnv::Abort(1);
@@ -132,13 +105,9 @@ CommandMain AddServeCommand(CLI::App& app) {
   auto f = std::make_shared<ServeFlags>();
   CLI::App* cmd =
       app.add_subcommand("serve", "Serve gRPC generation requests (under mpirun; rank 0 listens)");
-  cmd->add_option("--model-path", f->load.model_path, "Hugging Face model directory")->required();
-  cmd->add_option("--tp", f->tp, "Tensor-parallel size (default: every rank of the world)");
-  cmd->add_option("--dp-size", f->dp, "Data-parallel replicas")->capture_default_str();
-  cmd->add_option("--pp-size", f->pp, "Pipeline stages")->capture_default_str();
-  cmd->add_option("--partition", f->load.partition_path, "Partition plan YAML (default: computed in memory)");
-  cmd->add_option("--dtype", f->load.dtype, "Weight dtype: auto (as stored), f32, bf16, f16")
-      ->capture_default_str();
+  AddJobFlags(cmd, &f->job);
+  cmd->add_option("--dp-size", f->job.dp, "Data-parallel replicas")->capture_default_str();
+  cmd->add_option("--pp-size", f->job.pp, "Pipeline stages")->capture_default_str();
   cmd->add_option("--host", f->gateway.host, "Listen address")->capture_default_str();
   cmd->add_option("--port", f->gateway.port, "Listen port")->capture_default_str();
   cmd->add_option("--api-key", f->gateway.api_key, "Require 'authorization: Bearer KEY' on every RPC");
@@ -157,7 +126,6 @@ CommandMain AddServeCommand(CLI::App& app) {
   cmd->add_option("--shutdown-timeout", f->loop.shutdown_timeout_s,
                   "Seconds to finish requests after SIGTERM")
       ->capture_default_str();
-  AddLaunchFlags(cmd, &f->launch);
   return [f](int argc, char** argv) { return Serve(*f, argc, argv); };
 }
 

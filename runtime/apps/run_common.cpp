@@ -1,6 +1,5 @@
 #include "apps/run_common.h"
 
-#include "comm/mpi_comm.h"
 #include "common/log.h"
 
 namespace tpserve {
@@ -15,11 +14,49 @@ bool AllOk(Communicator& world, const Status& st) {
   return failed == 0.0f;
 }
 
-void AddLaunchFlags(CLI::App* cmd, LaunchFlags* flags) {
-  cmd->add_option("--nnodes", flags->nnodes, "Checked against the MPI world (SGLang compatibility)");
-  cmd->add_option("--node-rank", flags->node_rank, "Checked against the MPI world (SGLang compatibility)");
-  cmd->add_option("--dist-init-addr", flags->dist_init_addr,
+void AddJobFlags(CLI::App* cmd, JobFlags* f) {
+  cmd->add_option("--model-path", f->load.model_path, "Hugging Face model directory")->required();
+  cmd->add_option("--tp", f->tp, "Tensor-parallel size (default: every rank of the world)");
+  cmd->add_option("--partition", f->load.partition_path, "Partition plan YAML (default: computed in memory)");
+  cmd->add_option("--dtype", f->load.dtype, "Weight dtype: auto (as stored), f32, bf16, f16")
+      ->capture_default_str();
+  cmd->add_option("--nnodes", f->launch.nnodes, "Checked against the MPI world (SGLang compatibility)");
+  cmd->add_option("--node-rank", f->launch.node_rank, "Checked against the MPI world (SGLang compatibility)");
+  cmd->add_option("--dist-init-addr", f->launch.dist_init_addr,
                   "Accepted for SGLang compatibility; MPI needs none");
+}
+
+int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& extra_check) {
+  auto env_or = MpiEnv::Init(&argc, &argv);
+  if (!env_or.ok()) {
+    log::Error("{}", env_or.status().message());
+    return 1;
+  }
+  job->env = std::move(env_or).value();
+  job->world = MpiComm::World();
+  // The layout check gives the same answer on every rank: each prints it and exits 1.
+  auto pc = ParallelConfig::Make(job->env->world_size(), job->env->world_rank(), f.tp, f.dp, f.pp);
+  if (!pc.ok()) {
+    log::Error("{}", pc.status().message());
+    return 1;
+  }
+  job->parallel = *pc;
+  if (pc->dp_size > 1 || pc->pp_size > 1) {
+    log::Error("--dp-size and --pp-size > 1 are not supported by this build yet; run one TP group (--tp {})",
+               pc->world_size);
+    return 1;
+  }
+  if (!AllOk(*job->world, CheckLaunchFlags(f.launch, *job->env, *job->world))) return 1;
+  if (!AllOk(*job->world, extra_check)) return 1;
+  auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");
+  if (!AllOk(*job->world, tp_or.status())) return 1;
+  job->tp = std::move(tp_or).value();
+  LoadOptions load = f.load;
+  load.show_progress = true;
+  auto model_or = LoadModel(load, *job->tp);
+  if (!AllOk(*job->world, model_or.status())) return 1;
+  job->model = std::move(model_or).value();
+  return 0;
 }
 
 }  // namespace tpserve

@@ -1,19 +1,48 @@
-// Pieces shared by the subcommands that run under mpirun.
+// The start of every subcommand that runs a model under mpirun: MPI, the rank layout checks,
+// the TP group and this rank's shard. Failures are agreed on by every rank, so a bad flag or
+// file ends the whole job with exit 1 and never leaves a rank waiting.
 #pragma once
+
+#include <memory>
 
 #include <CLI/CLI.hpp>
 
 #include "apps/launch_check.h"
 #include "comm/communicator.h"
+#include "comm/mpi_comm.h"
+#include "comm/parallel_config.h"
 #include "common/status.h"
+#include "engine/llama.h"
+#include "engine/loader.h"
 
 namespace tpserve {
+
+struct JobFlags {
+  LoadOptions load;
+  LaunchFlags launch;
+  int tp = 0;  // 0: the whole world
+  int dp = 1, pp = 1;
+};
+
+// Declared in teardown order: the model and groups go before MPI_Finalize (env).
+struct Job {
+  std::unique_ptr<MpiEnv> env;
+  std::unique_ptr<MpiComm> world;
+  ParallelConfig parallel;
+  std::unique_ptr<MpiComm> tp;
+  std::unique_ptr<LlamaModel> model;
+  bool leader() const { return parallel.world_rank == 0; }
+};
+
+// --model-path, --tp, --partition, --dtype and the SGLang launch flags.
+void AddJobFlags(CLI::App* cmd, JobFlags* flags);
+
+// Returns 0 with *job ready, or the exit code (the error was printed by the ranks that saw it).
+// `extra_check` runs on every rank before loading (e.g. prompt flags); its error is agreed on too.
+int StartJob(const JobFlags& flags, int argc, char** argv, Job* job, const Status& extra_check = Status());
 
 // Every rank reached the same point: false on all ranks if any rank failed (each failing rank
 // prints its own error first). Aborts the job if the agreement itself fails.
 bool AllOk(Communicator& world, const Status& st);
-
-// --nnodes, --node-rank, --dist-init-addr.
-void AddLaunchFlags(CLI::App* cmd, LaunchFlags* flags);
 
 }  // namespace tpserve
