@@ -305,3 +305,69 @@ TEST_F(Gateway, IdleRanksDoNotBurnACore) {
 
 }  // namespace
 }  // namespace tpserve
+
+namespace tpserve {
+namespace {
+
+// A paged KV cache that holds three requests at once: twenty concurrent long requests all
+// complete (the rest wait for blocks), each equals its solo result, and every block returns.
+TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
+  // context 320 -> each request reserves min(320, prompt + 300) tokens = 20 blocks of 16;
+  // 960 tokens = 60 blocks = three such requests.
+  ServerProcess server(tiny(), 2, {"--context-length", "320", "--kv-cache-size", "960"});
+  ASSERT_TRUE(server.ready()) << server.log();
+  pb::ServerInfo idle = server.Info();
+  ASSERT_EQ(idle.kv_cache_total_blocks(), 60);
+  ASSERT_EQ(idle.kv_cache_block_size(), 16);
+  constexpr int kClients = 20;
+  std::vector<pb::GenerateRequest> reqs;
+  for (int i = 0; i < kClients; ++i) reqs.push_back(GreedyRequest({1, 10 + i, 20 + 3 * i}, 300));
+  std::vector<Collected> solo(3);
+  for (int i = 0; i < 3; ++i) solo[i] = GenerateAll(server, reqs[i]);
+  std::vector<Collected> together(kClients);
+  std::atomic<int> max_running{0}, max_waiting{0};
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done) {
+      const pb::ServerInfo info = server.Info();
+      max_running = std::max(max_running.load(), info.running_requests());
+      max_waiting = std::max(max_waiting.load(), info.waiting_requests());
+      EXPECT_GE(info.kv_cache_free_blocks(), 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i)
+    threads.emplace_back([&, i] { together[i] = GenerateAll(server, reqs[i]); });
+  for (auto& t : threads) t.join();
+  done = true;
+  watcher.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    EXPECT_EQ(together[i].ids.size(), 300u) << i;
+    if (i < 3) {
+      EXPECT_EQ(together[i].ids, solo[i].ids) << i;
+    }
+  }
+  EXPECT_LE(max_running.load(), 3) << "the cache holds three reservations";
+  EXPECT_GT(max_waiting.load(), 0) << "some requests should have waited for blocks";
+  const pb::ServerInfo after = server.Info();
+  EXPECT_EQ(after.kv_cache_free_blocks(), after.kv_cache_total_blocks());
+  EXPECT_EQ(after.kv_cache_used_bytes(), 0);
+}
+
+TEST_F(Gateway, KvCacheTooSmallForOneContextIsAStartupErrorNamingTheFix) {
+  int rc = 0;
+  const std::string out =
+      testing::RunCommand("timeout 60 mpirun --oversubscribe --allow-run-as-root -np 2 " + testing::BinDir() +
+                              "/tpserve serve --model-path " + tiny() + " --port " +
+                              std::to_string(testing::FreePort()) + " --kv-cache-size 100 2>&1",
+                          &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(rc, 124) << "must not hang";
+  EXPECT_NE(out.find("fewer than one full context of 1024 tokens"), std::string::npos) << out;
+  EXPECT_NE(out.find("lower --context-length"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tpserve

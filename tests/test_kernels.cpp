@@ -129,28 +129,39 @@ TEST(Kernels, SiluMul) {
   }
 }
 
-TEST(Kernels, AttentionHeadMatchesSoftmaxReference) {
-  for (int npos : {1, 2, 19, 300}) {
-    const int d = 24;
-    const size_t stride = d + 5;  // padded rows, like a cache with a larger head stride
-    const std::vector<float> q = Random(d, 7, 2.0f), k = Random(npos * stride, 8, 2.0f),
-                             v = Random(npos * stride, 9);
-    std::vector<float> out(d), scratch(npos);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-    AttentionHead(q.data(), k.data(), v.data(), npos, d, stride, scale, scratch.data(), out.data());
-    std::vector<double> s(npos);
-    double mx = -1e300, z = 0;
-    for (int p = 0; p < npos; ++p) {
-      double dot = 0;
-      for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k[p * stride + i];
-      s[p] = dot / std::sqrt(static_cast<double>(d));
-      mx = std::max(mx, s[p]);
-    }
-    for (double& x : s) z += (x = std::exp(x - mx));
-    for (int i = 0; i < d; ++i) {
-      double want = 0;
-      for (int p = 0; p < npos; ++p) want += s[p] / z * v[p * stride + i];
-      ASSERT_NEAR(out[i], want, 2e-6) << "npos " << npos;
+TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
+  for (int npos : {1, 2, 16, 17, 19, 300}) {
+    for (int block_size : {1, 16, 512}) {  // 512: the whole sequence in one (contiguous) block
+      const int d = 24;
+      const int nblocks = (npos + block_size - 1) / block_size;
+      // Blocks in scattered order inside one pool, as a block table would place them.
+      const std::vector<float> q = Random(d, 7, 2.0f), kpool = Random(nblocks * block_size * d * 2, 8, 2.0f),
+                               vpool = Random(nblocks * block_size * d * 2, 9);
+      std::vector<const float*> kb(nblocks), vb(nblocks);
+      for (int b = 0; b < nblocks; ++b) {
+        const size_t slot = static_cast<size_t>((b * 7) % (2 * nblocks)) * block_size * d;
+        kb[b] = kpool.data() + slot;
+        vb[b] = vpool.data() + slot;
+      }
+      auto k_at = [&](int p, int i) { return kb[p / block_size][(p % block_size) * d + i]; };
+      auto v_at = [&](int p, int i) { return vb[p / block_size][(p % block_size) * d + i]; };
+      std::vector<float> out(d), scratch(npos);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      AttentionHead(q.data(), kb.data(), vb.data(), npos, block_size, d, scale, scratch.data(), out.data());
+      std::vector<double> s(npos);
+      double mx = -1e300, z = 0;
+      for (int p = 0; p < npos; ++p) {
+        double dot = 0;
+        for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k_at(p, i);
+        s[p] = dot / std::sqrt(static_cast<double>(d));
+        mx = std::max(mx, s[p]);
+      }
+      for (double& x : s) z += (x = std::exp(x - mx));
+      for (int i = 0; i < d; ++i) {
+        double want = 0;
+        for (int p = 0; p < npos; ++p) want += s[p] / z * v_at(p, i);
+        ASSERT_NEAR(out[i], want, 2e-6) << "npos " << npos << " block " << block_size;
+      }
     }
   }
 }

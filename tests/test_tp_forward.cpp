@@ -80,9 +80,16 @@ TEST_P(TpForward, LogitsMatchFloat64Reference) {
   if (world_->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
 
   const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};
-  KvCache cache(model.config(), model.weights().shard, 64);
+  // A paged cache with small blocks, and the sequence's blocks interleaved with another
+  // owner's, so attention really walks a scattered block table.
+  KvCachePool pool(model.config(), model.weights().shard, 24, /*block_size=*/4);
+  SequenceKv seq, other;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(pool.Allocate(1, &seq.blocks));
+    ASSERT_TRUE(pool.Allocate(1, &other.blocks));
+  }
   std::vector<float> local(model.local_vocab());
-  ASSERT_TRUE(model.Forward(prompt.data(), static_cast<int>(prompt.size()), cache, local.data()).ok());
+  ASSERT_TRUE(model.Forward(prompt.data(), static_cast<int>(prompt.size()), seq, pool, local.data()).ok());
   std::vector<double> want;
   if (ref) {
     for (int32_t t : prompt) want = ref->Step(t);
@@ -114,7 +121,7 @@ TEST_P(TpForward, LogitsMatchFloat64Reference) {
       }
     }
     ASSERT_TRUE(world_->Broadcast(&next, sizeof(next), 0).ok());
-    ASSERT_TRUE(model.Forward(&next, 1, cache, local.data()).ok());
+    ASSERT_TRUE(model.Forward(&next, 1, seq, pool, local.data()).ok());
     if (ref) want = ref->Step(next);
   }
   if (ref) RecordProperty("worst_rel_error", fmt::format("{:.3g}", worst));

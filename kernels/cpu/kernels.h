@@ -56,10 +56,12 @@ void RopeRotateHalf(float* x, int head_dim, const float* cos_sin);
 // out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
 void SiluMul(const float* gate, const float* up, int n, float* out);
 
-// Causal attention of one query head against npos cached keys/values of its KV head.
-//   q: (d)   k, v: npos rows of d floats, row stride kv_stride   out: (d)
-//   scratch: at least npos floats. Softmax is max-subtracted, scale = 1/sqrt(d) passed in.
-void AttentionHead(const float* q, const float* k, const float* v, int npos, int d, size_t kv_stride,
-                   float scale, float* scratch, float* out);
+// Causal attention of one query head against the first npos cached keys/values of its KV head,
+// stored in fixed-size blocks (a paged KV cache): block b holds positions
+// [b * block_size, (b + 1) * block_size) as block_size rows of d floats.
+//   q: (d)   k_blocks[b], v_blocks[b]: (block_size, d)   out: (d)   scratch: >= npos floats
+// Softmax is max-subtracted; scale = 1/sqrt(d) is passed in. A contiguous cache is one block.
+void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
+                   int block_size, int d, float scale, float* scratch, float* out);
 
 }  // namespace tpserve::kernels

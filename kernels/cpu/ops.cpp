@@ -30,12 +30,12 @@ void SiluMul(const float* gate, const float* up, int n, float* out) {
   }
 }
 
-void AttentionHead(const float* q, const float* k, const float* v, int npos, int d, size_t kv_stride,
-                   float scale, float* scratch, float* out) {
+void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
+                   int block_size, int d, float scale, float* scratch, float* out) {
   const DotFn dot = ActiveKernels().dot[static_cast<int>(DType::kF32)];
   float max_score = -INFINITY;
   for (int p = 0; p < npos; ++p) {
-    const float s = dot(q, k + static_cast<size_t>(p) * kv_stride, d) * scale;
+    const float s = dot(q, k_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d) * scale;
     scratch[p] = s;
     if (s > max_score) max_score = s;
   }
@@ -48,7 +48,7 @@ void AttentionHead(const float* q, const float* k, const float* v, int npos, int
   for (int i = 0; i < d; ++i) out[i] = 0.0f;
   for (int p = 0; p < npos; ++p) {
     const float w = scratch[p] * inv;
-    const float* vr = v + static_cast<size_t>(p) * kv_stride;
+    const float* vr = v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d;
     for (int i = 0; i < d; ++i) out[i] += w * vr[i];
   }
 }

@@ -1,7 +1,9 @@
 // `tpserve serve`: the server. Every rank runs the engine loop; rank 0 also runs the gRPC
 // gateway. SIGTERM/SIGINT on rank 0 drains in-flight requests (--shutdown-timeout), then
 // broadcasts SHUTDOWN and every rank exits 0.
+#include <algorithm>
 #include <csignal>
+#include <map>
 #include <memory>
 
 #include "apps/commands.h"
@@ -29,6 +31,8 @@ struct ServeFlags {
   GatewayOptions gateway;
   EngineOptions engine;
   int max_queued_requests = 1024;
+  std::string kv_cache_size;  // "" | tokens ("65536") | bytes per rank ("2GiB", "512MB")
+  double mem_fraction_static = 0.4;
   LoopOptions loop;
 };
 
@@ -63,6 +67,55 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
   return Status();
 }
 
+// --kv-cache-size: a token count, or bytes per rank with a unit (B, KB, MB, GB, KiB, MiB, GiB).
+Result<int64_t> ParseKvCacheSize(const std::string& text, int64_t bytes_per_token) {
+  if (text.empty()) return int64_t{0};
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  const std::string unit = text.substr(used);
+  const std::map<std::string, double> units = {{"B", 1.0},           {"KB", 1e3},     {"MB", 1e6},
+                                               {"GB", 1e9},          {"KiB", 1024.0}, {"MiB", 1048576.0},
+                                               {"GiB", 1073741824.0}};
+  if (used == 0 || value <= 0 || (!unit.empty() && !units.count(unit))) {
+    return TPS_ERROR(
+        "--kv-cache-size '{}' is neither a token count (65536) nor bytes with a unit (2GiB, 512MB)", text);
+  }
+  if (unit.empty()) return static_cast<int64_t>(value);
+  return static_cast<int64_t>(value * units.at(unit) / static_cast<double>(bytes_per_token));
+}
+
+// Blocks of the paged KV cache, the same on every rank of the TP group (the smallest rank's).
+Result<int64_t> AgreeKvCacheBlocks(const ServeFlags& f, Job& job, int context) {
+  const ModelConfig& cfg = job.model->config();
+  const int64_t per_token = KvCachePool::BytesPerToken(cfg, job.model->weights().shard);
+  KvCacheSizing sizing;
+  TPS_ASSIGN_OR_RETURN(sizing.kv_cache_tokens, ParseKvCacheSize(f.kv_cache_size, per_token));
+  sizing.mem_fraction_static = f.mem_fraction_static;
+  sizing.ranks_on_host = job.env->local_size();
+  sizing.max_useful_tokens = static_cast<int64_t>(f.engine.max_running_requests) * context;
+  Result<int64_t> mine = KvCacheBlocks(sizing, per_token, f.engine.kv_block_size);
+  int64_t blocks = mine.ok() ? *mine : -1;
+  std::vector<int64_t> all(job.tp->size());
+  TPS_RETURN_IF_ERROR(job.tp->AllGather(&blocks, sizeof(blocks), all.data()));
+  if (!mine.ok()) return mine.status();
+  blocks = *std::min_element(all.begin(), all.end());
+  if (blocks < 0) return TPS_ERROR("another rank could not size its KV cache (see its message)");
+  const int64_t need = KvCachePool::BlocksFor(context, f.engine.kv_block_size);
+  if (blocks < need) {
+    return TPS_ERROR(
+        "the KV cache holds {} tokens ({} blocks of {}) on the smallest rank, fewer than one full context of "
+        "{} "
+        "tokens; lower --context-length, raise --mem-fraction-static or --kv-cache-size, or add ranks (--tp)",
+        blocks * f.engine.kv_block_size, blocks, f.engine.kv_block_size, context);
+  }
+  return blocks;
+}
+
 int Serve(const ServeFlags& f, int argc, char** argv) {
   Job job;
   if (int rc = StartJob(f.job, argc, argv, &job); rc != 0) return rc;
@@ -70,7 +123,19 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   LlamaModel& model = *job.model;
-  BatchEngine engine(model, f.engine);
+  const int max_context = model.config().max_position_embeddings;
+  const int context =
+      f.engine.context_length > 0 ? std::min(f.engine.context_length, max_context) : max_context;
+  auto blocks = AgreeKvCacheBlocks(f, job, context);
+  if (!AllOk(*job.world, blocks.status())) return 1;
+  EngineOptions engine_opts = f.engine;
+  engine_opts.kv_cache_blocks = *blocks;
+  BatchEngine engine(model, engine_opts);
+  const KvCachePool& pool = engine.kv_pool();
+  if (job.leader()) {
+    log::Info("KV cache: {} blocks x {} tokens = {} tokens, {:.1f} MiB per rank", pool.num_blocks(),
+              pool.block_size(), pool.capacity_tokens(), pool.bytes() / 1048576.0);
+  }
 
   // Rank 0 starts the gateway; every rank then agrees on the outcome (a taken port fails all).
   RequestQueue queue(f.max_queued_requests);
@@ -123,6 +188,12 @@ CommandMain AddServeCommand(CLI::App& app) {
                   "Requests held at once (running + waiting)")
       ->capture_default_str();
   cmd->add_option("--context-length", f->engine.context_length, "Context length (0: the model's)");
+  cmd->add_option("--kv-cache-size", f->kv_cache_size,
+                  "KV cache per rank: tokens (65536) or bytes (2GiB); overrides --mem-fraction-static");
+  cmd->add_option(
+         "--mem-fraction-static", f->mem_fraction_static,
+         "KV cache = this fraction of the host's available memory (after weights), split over its ranks")
+      ->capture_default_str();
   cmd->add_option("--shutdown-timeout", f->loop.shutdown_timeout_s,
                   "Seconds to finish requests after SIGTERM")
       ->capture_default_str();

@@ -22,7 +22,7 @@ struct BatchEngine::Sequence {
   std::vector<int32_t> tokens;  // prompt, then generated
   int generated = 0;
   bool prefilled = false;
-  std::unique_ptr<KvCache> cache;
+  SequenceKv kv;
   std::mt19937_64 rng;
 };
 
@@ -88,17 +88,12 @@ Result<TokenChoice> SelectToken(LlamaModel& model, float* logits, const Sampling
   return choice;
 }
 
-BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
-    : model_(model),
-      opts_(opts),
-      context_(opts.context_length > 0 ? std::min(opts.context_length, model.config().max_position_embeddings)
-                                       : model.config().max_position_embeddings),
-      logits_(model.local_vocab()) {}
+int64_t ReservedTokens(const RequestSpec& spec, int context_length) {
+  return std::min<int64_t>(context_length, static_cast<int64_t>(spec.prompt.size()) + spec.max_new_tokens);
+}
 
-BatchEngine::~BatchEngine() = default;
-
-Status BatchEngine::Validate(const RequestSpec& r) const {
-  const ModelConfig& cfg = model_.config();
+Status ValidateRequest(const ModelConfig& cfg, int context, int64_t kv_capacity_tokens,
+                       const RequestSpec& r) {
   if (r.prompt.empty()) return Status::Error("the prompt is empty");
   for (int32_t id : r.prompt) {
     if (id < 0 || id >= cfg.vocab_size) {
@@ -106,25 +101,64 @@ Status BatchEngine::Validate(const RequestSpec& r) const {
           fmt::format("prompt token id {} is outside the vocabulary [0, {})", id, cfg.vocab_size));
     }
   }
-  if (static_cast<int>(r.prompt.size()) >= context_) {
+  if (static_cast<int>(r.prompt.size()) >= context) {
     return Status::Error(
         fmt::format("the prompt has {} tokens but the context length is {} (the prompt must leave "
                     "room for at least one new token)",
-                    r.prompt.size(), context_));
+                    r.prompt.size(), context));
   }
-  if (r.max_new_tokens < 1 || r.max_new_tokens > context_) {
+  if (r.max_new_tokens < 1 || r.max_new_tokens > context) {
     return Status::Error(fmt::format("max_new_tokens must be in [1, {}] (the context length), got {}",
-                                     context_, r.max_new_tokens));
+                                     context, r.max_new_tokens));
+  }
+  if (ReservedTokens(r, context) > kv_capacity_tokens) {
+    return Status::Error(fmt::format("the request needs {} KV cache tokens but the whole cache holds {}",
+                                     ReservedTokens(r, context), kv_capacity_tokens));
   }
   return r.sampling.Validate();
 }
 
+namespace {
+
+int ContextLength(const EngineOptions& o, const ModelConfig& c) {
+  return o.context_length > 0 ? std::min(o.context_length, c.max_position_embeddings)
+                              : c.max_position_embeddings;
+}
+
+int64_t PoolBlocks(const EngineOptions& o, const ModelConfig& c) {
+  if (o.kv_cache_blocks > 0) return o.kv_cache_blocks;
+  return static_cast<int64_t>(o.max_running_requests) *
+         KvCachePool::BlocksFor(ContextLength(o, c), o.kv_block_size);
+}
+
+}  // namespace
+
+BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
+    : model_(model),
+      opts_(opts),
+      context_(ContextLength(opts, model.config())),
+      pool_(model.config(), model.weights().shard, PoolBlocks(opts, model.config()), opts.kv_block_size),
+      logits_(model.local_vocab()) {}
+
+BatchEngine::~BatchEngine() = default;
+
+Status BatchEngine::Validate(const RequestSpec& r) const {
+  return ValidateRequest(model_.config(), context_, pool_.capacity_tokens(), r);
+}
+
 void BatchEngine::Apply(const StepPlan& plan) {
-  for (uint64_t id : plan.cancel) {
-    auto match = [id](const std::unique_ptr<Sequence>& s) { return s->spec.id == id; };
-    running_.erase(std::remove_if(running_.begin(), running_.end(), match), running_.end());
-    waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), match), waiting_.end());
-  }
+  auto drop = [this](uint64_t id) {
+    for (auto it = running_.begin(); it != running_.end(); ++it) {
+      if ((*it)->spec.id == id) {
+        pool_.Free(&(*it)->kv.blocks);
+        running_.erase(it);
+        return;
+      }
+    }
+    auto w = std::find_if(waiting_.begin(), waiting_.end(), [id](const auto& s) { return s->spec.id == id; });
+    if (w != waiting_.end()) waiting_.erase(w);
+  };
+  for (uint64_t id : plan.cancel) drop(id);
   for (const RequestSpec& spec : plan.add) {
     auto s = std::make_unique<Sequence>();
     s->spec = spec;
@@ -133,6 +167,7 @@ void BatchEngine::Apply(const StepPlan& plan) {
     waiting_.push_back(std::move(s));
   }
   if (plan.shutdown) {
+    for (auto& s : running_) pool_.Free(&s->kv.blocks);
     running_.clear();
     waiting_.clear();
   }
@@ -140,11 +175,11 @@ void BatchEngine::Apply(const StepPlan& plan) {
 
 Result<std::vector<TokenEvent>> BatchEngine::Step() {
   const ModelConfig& cfg = model_.config();
+  // FCFS admission: the head of the queue waits until its whole reservation fits.
   while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_running_requests) {
     Sequence& s = *waiting_.front();
-    const int reserve =
-        std::min<int>(context_, static_cast<int>(s.spec.prompt.size()) + s.spec.max_new_tokens);
-    s.cache = std::make_unique<KvCache>(cfg, model_.weights().shard, reserve);
+    const int64_t blocks = KvCachePool::BlocksFor(ReservedTokens(s.spec, context_), pool_.block_size());
+    if (!pool_.Allocate(blocks, &s.kv.blocks)) break;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -153,10 +188,10 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     Sequence& s = *sp;
     if (!s.prefilled) {
       TPS_RETURN_IF_ERROR(
-          model_.Forward(s.tokens.data(), static_cast<int>(s.tokens.size()), *s.cache, logits_.data()));
+          model_.Forward(s.tokens.data(), static_cast<int>(s.tokens.size()), s.kv, pool_, logits_.data()));
       s.prefilled = true;
     } else {
-      TPS_RETURN_IF_ERROR(model_.Forward(&s.tokens.back(), 1, *s.cache, logits_.data()));
+      TPS_RETURN_IF_ERROR(model_.Forward(&s.tokens.back(), 1, s.kv, pool_, logits_.data()));
     }
     TPS_ASSIGN_OR_RETURN(TokenChoice c, SelectToken(model_, logits_.data(), s.spec.sampling, s.tokens,
                                                     s.spec.logprobs, s.rng));
@@ -168,19 +203,19 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     if ((!s.spec.ignore_eos && std::find(eos.begin(), eos.end(), c.token) != eos.end()) ||
         std::find(stop.begin(), stop.end(), c.token) != stop.end()) {
       ev.finish = FinishReason::kStop;
-    } else if (s.generated >= s.spec.max_new_tokens || s.cache->length() >= s.cache->max_tokens()) {
+    } else if (s.generated >= s.spec.max_new_tokens || s.kv.length >= ReservedTokens(s.spec, context_)) {
       ev.finish = FinishReason::kLength;
     }
     events.push_back(ev);
   }
-  // Finished sequences leave at once (their KV memory with them).
-  running_.erase(std::remove_if(running_.begin(), running_.end(),
-                                [&](const std::unique_ptr<Sequence>& s) {
-                                  return std::any_of(events.begin(), events.end(), [&](const TokenEvent& e) {
-                                    return e.id == s->spec.id && e.finish != FinishReason::kNone;
-                                  });
-                                }),
-                 running_.end());
+  // Finished sequences leave at once, and their blocks go back to the pool.
+  for (const TokenEvent& e : events) {
+    if (e.finish == FinishReason::kNone) continue;
+    auto it =
+        std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s->spec.id == e.id; });
+    pool_.Free(&(*it)->kv.blocks);
+    running_.erase(it);
+  }
   return events;
 }
 
@@ -188,11 +223,12 @@ EngineStats BatchEngine::stats() const {
   EngineStats st;
   st.running = static_cast<int>(running_.size());
   st.waiting = static_cast<int>(waiting_.size());
-  st.kv_capacity_tokens = static_cast<int64_t>(opts_.max_running_requests) * context_;
-  for (const auto& s : running_) {
-    st.kv_used_tokens += s->cache->max_tokens();
-    st.kv_used_bytes += static_cast<int64_t>(s->cache->bytes());
-  }
+  st.kv_block_size = pool_.block_size();
+  st.kv_total_blocks = pool_.num_blocks();
+  st.kv_free_blocks = pool_.free_blocks();
+  st.kv_capacity_tokens = pool_.capacity_tokens();
+  st.kv_used_tokens = (st.kv_total_blocks - st.kv_free_blocks) * st.kv_block_size;
+  st.kv_used_bytes = st.kv_used_tokens * pool_.bytes_per_token();
   return st;
 }
 

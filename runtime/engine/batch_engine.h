@@ -2,7 +2,9 @@
 // Every rank of the group holds an identical BatchEngine and applies the same StepPlans, so the
 // sequences, their order and every collective match across ranks. Rank 0 reads the events.
 //
-// Per Step(): admit waiting requests up to max_running_requests (FCFS), then for each running
+// Per Step(): admit waiting requests (FCFS) while fewer than max_running_requests run and the
+// paged KV cache has free blocks for the request's whole reservation (so a running sequence never
+// runs out of cache, and nothing needs preempting); a request that does not fit waits. Then for each running
 // sequence in admission order run its prefill (whole prompt) or one decode token, and pick the
 // next token (distributed argmax for greedy, logits gather + rank-0 sampling otherwise).
 // A sequence's result depends only on its own tokens, never on the batch it shares.
@@ -32,16 +34,26 @@ struct TokenEvent {
 
 struct EngineOptions {
   int max_running_requests = 64;
-  int context_length = 0;  // 0: the model's max_position_embeddings
+  int context_length = 0;       // 0: the model's max_position_embeddings
+  int64_t kv_cache_blocks = 0;  // 0: enough for max_running_requests full-context sequences
+  int kv_block_size = KvCachePool::kDefaultBlockSize;
 };
 
 struct EngineStats {
   int running = 0;
   int waiting = 0;
-  int64_t kv_capacity_tokens = 0;  // max_running_requests x context_length
-  int64_t kv_used_tokens = 0;      // tokens reserved by running sequences
-  int64_t kv_used_bytes = 0;       // this rank's bytes of those reservations
+  int64_t kv_capacity_tokens = 0;  // blocks x block size
+  int64_t kv_used_tokens = 0;      // tokens of the blocks held by running sequences
+  int64_t kv_used_bytes = 0;       // this rank's bytes of those blocks
+  int64_t kv_total_blocks = 0, kv_free_blocks = 0;
+  int kv_block_size = 0;
 };
+
+// Checks a request against the model and cache limits (the same answer on every rank).
+Status ValidateRequest(const ModelConfig& config, int context_length, int64_t kv_capacity_tokens,
+                       const RequestSpec& spec);
+// KV tokens a request reserves at admission: its prompt plus max_new_tokens, capped by the context.
+int64_t ReservedTokens(const RequestSpec& spec, int context_length);
 
 // Token choice for one sequence from this rank's logits shard (identical result on every rank).
 struct TokenChoice {
@@ -57,9 +69,10 @@ class BatchEngine {
   ~BatchEngine();
 
   int context_length() const { return context_; }
+  const KvCachePool& kv_pool() const { return pool_; }
   // Checks a request before it enters a plan (the same answer on every rank).
   Status Validate(const RequestSpec& spec) const;
-  // Queues plan.add (already validated) and drops plan.cancel at once, freeing their KV memory.
+  // Queues plan.add (already validated) and drops plan.cancel at once, freeing their KV blocks.
   void Apply(const StepPlan& plan);
   bool HasWork() const { return !running_.empty() || !waiting_.empty(); }
   // One iteration over every running sequence. An error may leave peers inside a collective.
@@ -73,6 +86,7 @@ class BatchEngine {
   int context_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
+  KvCachePool pool_;
   std::vector<float> logits_;  // (local vocab) scratch
 };
 

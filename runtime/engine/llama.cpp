@@ -9,21 +9,6 @@ namespace tpserve {
 
 namespace k = kernels;
 
-KvCache::KvCache(const ModelConfig& c, const RankShard& shard, int max_tokens)
-    : max_tokens_(max_tokens), head_dim_(c.head_dim) {
-  for (const LayerShard& l : shard.layers) {
-    const size_t n = static_cast<size_t>(l.kv_heads.size()) * max_tokens * c.head_dim;
-    k_.emplace_back(n);
-    v_.emplace_back(n);
-  }
-}
-
-size_t KvCache::bytes() const {
-  size_t b = 0;
-  for (const auto& x : k_) b += x.size() * sizeof(float) * 2;
-  return b;
-}
-
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Communicator& tp)
     : config_(std::move(config)), weights_(std::move(weights)), tp_(tp), inv_freq_(RopeInvFreq(config_)) {}
 
@@ -54,7 +39,9 @@ Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
   return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
 }
 
-Status LlamaModel::Attention(int layer, int n, int pos0, KvCache& cache, const float* h, float* out) {
+Status LlamaModel::Attention(int layer, int n, SequenceKv& seq, KvCachePool& pool, const float* h,
+                             float* out) {
+  const int pos0 = seq.length, bs = pool.block_size();
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[layer];
   const LayerShard& s = weights_.shard.layers[layer];
@@ -90,8 +77,10 @@ Status LlamaModel::Attention(int layer, int n, int pos0, KvCache& cache, const f
       float* v = &kk[(static_cast<size_t>(t) * nkv + hk) * hd];
       if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
       k::RopeRotateHalf(v, hd, cos_sin.data());
-      std::memcpy(cache.k(layer, hk, pos0 + t), v, sizeof(float) * hd);
-      std::memcpy(cache.v(layer, hk, pos0 + t), &vv[(static_cast<size_t>(t) * nkv + hk) * hd],
+      const int pos = pos0 + t;
+      const int32_t block = seq.blocks[pos / bs];
+      std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
+      std::memcpy(pool.v(layer, block, hk, pos % bs), &vv[(static_cast<size_t>(t) * nkv + hk) * hd],
                   sizeof(float) * hd);
     }
   }
@@ -101,12 +90,22 @@ Status LlamaModel::Attention(int layer, int n, int pos0, KvCache& cache, const f
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
   std::vector<float> scratch(pos0 + n);
+  // Block pointers of each local KV head, in block-table order: (nkv, blocks)
+  const int nblocks = KvCachePool::BlocksFor(pos0 + n, bs);
+  std::vector<const float*> kb(static_cast<size_t>(nkv) * nblocks), vb(kb.size());
+  for (int hk = 0; hk < nkv; ++hk) {
+    for (int b = 0; b < nblocks; ++b) {
+      kb[static_cast<size_t>(hk) * nblocks + b] = pool.k(layer, seq.blocks[b], hk, 0);
+      vb[static_cast<size_t>(hk) * nblocks + b] = pool.v(layer, seq.blocks[b], hk, 0);
+    }
+  }
   for (int t = 0; t < n; ++t) {
     const int npos = pos0 + t + 1;  // causal: keys 0..pos
     for (int hq = 0; hq < nq; ++hq) {
       const int kv_local = static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin);
-      k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd], cache.k(layer, kv_local, 0),
-                       cache.v(layer, kv_local, 0), npos, hd, hd, scale, scratch.data(),
+      k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd],
+                       &kb[static_cast<size_t>(kv_local) * nblocks],
+                       &vb[static_cast<size_t>(kv_local) * nblocks], npos, bs, hd, scale, scratch.data(),
                        &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
     }
   }
@@ -127,13 +126,13 @@ Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 
-Status LlamaModel::Forward(const int32_t* ids, int n, KvCache& cache, float* logits_local) {
+Status LlamaModel::Forward(const int32_t* ids, int n, SequenceKv& seq, KvCachePool& pool,
+                           float* logits_local) {
   const ModelConfig& c = config_;
-  const int pos0 = cache.length();
   if (n <= 0) return TPS_ERROR("forward needs at least one token");
-  if (pos0 + n > cache.max_tokens()) {
-    return TPS_ERROR("sequence of {} tokens exceeds the KV cache capacity of {} tokens", pos0 + n,
-                     cache.max_tokens());
+  if (seq.length + n > seq.capacity(pool.block_size())) {
+    return TPS_ERROR("a sequence of {} tokens exceeds its {} reserved KV tokens", seq.length + n,
+                     seq.capacity(pool.block_size()));
   }
   const int hidden = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -142,13 +141,13 @@ Status LlamaModel::Forward(const int32_t* ids, int n, KvCache& cache, float* log
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[l];
     for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.attn_norm.f32(), hidden, eps, &h[t * hidden]);
-    TPS_RETURN_IF_ERROR(Attention(l, n, pos0, cache, h.data(), delta.data()));
+    TPS_RETURN_IF_ERROR(Attention(l, n, seq, pool, h.data(), delta.data()));
     for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
     for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.mlp_norm.f32(), hidden, eps, &h[t * hidden]);
     TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
     for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
   }
-  cache.set_length(pos0 + n);
+  seq.length += n;
   // Logits of the last token only, for this rank's vocab range.
   const float* last = &x[static_cast<size_t>(n - 1) * hidden];
   k::RmsNorm(last, weights_.final_norm.f32(), hidden, eps, h.data());

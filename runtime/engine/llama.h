@@ -16,39 +16,21 @@
 
 #include "comm/communicator.h"
 #include "common/status.h"
+#include "engine/kv_cache.h"
 #include "model/config.h"
 #include "model/weights.h"
 
 namespace tpserve {
-
-// KV cache of one sequence for this rank's KV heads. Layout per layer: k and v each
-// (local_kv_heads, max_tokens, head_dim), so one head's keys are contiguous for attention.
-class KvCache {
- public:
-  KvCache(const ModelConfig& config, const RankShard& shard, int max_tokens);
-  int max_tokens() const { return max_tokens_; }
-  int length() const { return length_; }  // tokens stored so far
-  void set_length(int n) { length_ = n; }
-  float* k(int layer, int local_head, int pos) { return Ptr(k_, layer, local_head, pos); }
-  float* v(int layer, int local_head, int pos) { return Ptr(v_, layer, local_head, pos); }
-  size_t bytes() const;
-
- private:
-  float* Ptr(std::vector<std::vector<float>>& buf, int layer, int head, int pos) {
-    return buf[layer].data() + (static_cast<size_t>(head) * max_tokens_ + pos) * head_dim_;
-  }
-  int max_tokens_, head_dim_, length_ = 0;
-  std::vector<std::vector<float>> k_, v_;  // [layer] -> (local_kv_heads, max_tokens, head_dim)
-};
 
 class LlamaModel {
  public:
   // Takes this rank's weights; `tp` is the TP group (size 1 works without MPI peers).
   LlamaModel(ModelConfig config, ModelWeights weights, Communicator& tp);
 
-  // Runs n tokens of one sequence at positions [cache.length(), cache.length() + n), appends
-  // their K/V to the cache, and writes this rank's logits of the last token (local_vocab()).
-  Status Forward(const int32_t* ids, int n, KvCache& cache, float* logits_local);
+  // Runs n tokens of one sequence at positions [seq.length, seq.length + n), writes their K/V
+  // into the sequence's blocks of `pool` (which must already hold room for them), and writes
+  // this rank's logits of the last token (local_vocab()).
+  Status Forward(const int32_t* ids, int n, SequenceKv& seq, KvCachePool& pool, float* logits_local);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -58,7 +40,7 @@ class LlamaModel {
 
  private:
   Status Embed(const int32_t* ids, int n, float* x);
-  Status Attention(int layer, int n, int pos0, KvCache& cache, const float* h, float* out);
+  Status Attention(int layer, int n, SequenceKv& seq, KvCachePool& pool, const float* h, float* out);
   Status Mlp(int layer, int n, const float* h, float* out);
   void RopeTable(int pos, float* cos_sin) const;
 

@@ -178,6 +178,9 @@ class TpServeService final : public pb::TpServe::Service {
     out->set_kv_cache_capacity_tokens(c.engine.kv_capacity_tokens);
     out->set_kv_cache_used_tokens(c.engine.kv_used_tokens);
     out->set_kv_cache_used_bytes(c.engine.kv_used_bytes);
+    out->set_kv_cache_total_blocks(c.engine.kv_total_blocks);
+    out->set_kv_cache_free_blocks(c.engine.kv_free_blocks);
+    out->set_kv_cache_block_size(c.engine.kv_block_size);
     out->set_running_requests(c.engine.running);
     out->set_waiting_requests(c.engine.waiting);
     out->set_finished_requests(c.finished);
