@@ -56,7 +56,6 @@ TEST_F(Gateway, StreamedGreedyEqualsTpserveRunAtTp1AndTp2) {
     Collected got = GenerateAll(server, GreedyRequest(prompt, 40));
     ASSERT_TRUE(got.status.ok()) << got.status.error_message();
     EXPECT_EQ(got.ids, want) << "np " << np;
-    EXPECT_GT(got.messages, 1) << "tokens should stream as they are produced";
     EXPECT_EQ(got.final.finish_reason(), pb::FINISH_REASON_LENGTH);
     EXPECT_EQ(got.final.usage().completion_tokens(), 40);
     EXPECT_EQ(got.final.usage().prompt_tokens(), 4);
@@ -103,8 +102,13 @@ TEST_F(Gateway, CancelStopsWithinAStepFreesMemoryAndKeepsServing) {
   grpc::ClientContext ctx;
   auto reader = stub->Generate(&ctx, GreedyRequest({1, 2, 3}, 2000));
   pb::GenerateResponse msg;
-  int received = 0;
-  while (received < 5 && reader->Read(&msg)) received += msg.token_ids_size();
+  int received = 0, messages = 0;
+  while (received < 5 && reader->Read(&msg)) {
+    received += msg.token_ids_size();
+    ++messages;
+  }
+  // Steps of the small model take milliseconds: tokens arrive as they are produced, not at the end.
+  EXPECT_GE(messages, 2) << "the first " << received << " tokens came in one message";
   EXPECT_GT(server.Info().kv_cache_used_bytes(), 0);
   ctx.TryCancel();
   while (reader->Read(&msg)) received += msg.token_ids_size();
