@@ -183,18 +183,27 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
-  std::vector<TokenEvent> events;
+  // One forward pass for every running sequence: its whole prompt on the first step, then its
+  // last token.
+  std::vector<ForwardItem> items;
   for (auto& sp : running_) {
     Sequence& s = *sp;
     if (!s.prefilled) {
-      TPS_RETURN_IF_ERROR(
-          model_.Forward(s.tokens.data(), static_cast<int>(s.tokens.size()), s.kv, pool_, logits_.data()));
+      items.push_back({s.tokens.data(), static_cast<int>(s.tokens.size()), &s.kv});
       s.prefilled = true;
     } else {
-      TPS_RETURN_IF_ERROR(model_.Forward(&s.tokens.back(), 1, s.kv, pool_, logits_.data()));
+      items.push_back({&s.tokens.back(), 1, &s.kv});
     }
-    TPS_ASSIGN_OR_RETURN(TokenChoice c, SelectToken(model_, logits_.data(), s.spec.sampling, s.tokens,
-                                                    s.spec.logprobs, s.rng));
+  }
+  std::vector<TokenEvent> events;
+  if (items.empty()) return events;
+  logits_.resize(items.size() * static_cast<size_t>(model_.local_vocab()));  // (sequences, local vocab)
+  TPS_RETURN_IF_ERROR(model_.ForwardBatch(items, pool_, logits_.data()));
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Sequence& s = *running_[i];
+    float* logits = &logits_[i * static_cast<size_t>(model_.local_vocab())];
+    TPS_ASSIGN_OR_RETURN(TokenChoice c,
+                         SelectToken(model_, logits, s.spec.sampling, s.tokens, s.spec.logprobs, s.rng));
     s.tokens.push_back(c.token);
     ++s.generated;
     TokenEvent ev{s.spec.id, c.token, c.logprob, FinishReason::kNone};

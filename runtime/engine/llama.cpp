@@ -39,9 +39,8 @@ Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
   return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
 }
 
-Status LlamaModel::Attention(int layer, int n, SequenceKv& seq, KvCachePool& pool, const float* h,
-                             float* out) {
-  const int pos0 = seq.length, bs = pool.block_size();
+Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out) {
+  const int n = batch.rows(), bs = pool.block_size();
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[layer];
   const LayerShard& s = weights_.shard.layers[layer];
@@ -64,10 +63,13 @@ Status LlamaModel::Attention(int layer, int n, SequenceKv& seq, KvCachePool& poo
   add_bias(kk, L.k_bias);
   add_bias(vv, L.v_bias);
 
+  // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks.
   std::vector<float> cos_sin(hd);
   const float eps = static_cast<float>(c.rms_norm_eps);
   for (int t = 0; t < n; ++t) {
-    RopeTable(pos0 + t, cos_sin.data());
+    const int pos = batch.pos[t];
+    SequenceKv& seq = *batch.items[batch.item[t]].seq;
+    RopeTable(pos, cos_sin.data());
     for (int hq = 0; hq < nq; ++hq) {
       float* v = &q[(static_cast<size_t>(t) * nq + hq) * hd];
       if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
@@ -77,7 +79,6 @@ Status LlamaModel::Attention(int layer, int n, SequenceKv& seq, KvCachePool& poo
       float* v = &kk[(static_cast<size_t>(t) * nkv + hk) * hd];
       if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
       k::RopeRotateHalf(v, hd, cos_sin.data());
-      const int pos = pos0 + t;
       const int32_t block = seq.blocks[pos / bs];
       std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
       std::memcpy(pool.v(layer, block, hk, pos % bs), &vv[(static_cast<size_t>(t) * nkv + hk) * hd],
@@ -89,24 +90,32 @@ Status LlamaModel::Attention(int layer, int n, SequenceKv& seq, KvCachePool& poo
   const int g = c.group_size();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
-  std::vector<float> scratch(pos0 + n);
-  // Block pointers of each local KV head, in block-table order: (nkv, blocks)
-  const int nblocks = KvCachePool::BlocksFor(pos0 + n, bs);
-  std::vector<const float*> kb(static_cast<size_t>(nkv) * nblocks), vb(kb.size());
-  for (int hk = 0; hk < nkv; ++hk) {
-    for (int b = 0; b < nblocks; ++b) {
-      kb[static_cast<size_t>(hk) * nblocks + b] = pool.k(layer, seq.blocks[b], hk, 0);
-      vb[static_cast<size_t>(hk) * nblocks + b] = pool.v(layer, seq.blocks[b], hk, 0);
+  std::vector<float> scratch;
+  std::vector<const float*> kb, vb;
+  for (size_t it = 0; it < batch.items.size(); ++it) {
+    const SequenceKv& seq = *batch.items[it].seq;
+    const int first = batch.first_row[it], rows = batch.items[it].n;
+    const int npos_max = batch.pos[first + rows - 1] + 1;
+    scratch.resize(npos_max);
+    // Block pointers of each local KV head, in block-table order: (nkv, blocks)
+    const int nblocks = static_cast<int>(KvCachePool::BlocksFor(npos_max, bs));
+    kb.resize(static_cast<size_t>(nkv) * nblocks);
+    vb.resize(kb.size());
+    for (int hk = 0; hk < nkv; ++hk) {
+      for (int b = 0; b < nblocks; ++b) {
+        kb[static_cast<size_t>(hk) * nblocks + b] = pool.k(layer, seq.blocks[b], hk, 0);
+        vb[static_cast<size_t>(hk) * nblocks + b] = pool.v(layer, seq.blocks[b], hk, 0);
+      }
     }
-  }
-  for (int t = 0; t < n; ++t) {
-    const int npos = pos0 + t + 1;  // causal: keys 0..pos
-    for (int hq = 0; hq < nq; ++hq) {
-      const int kv_local = static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin);
-      k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd],
-                       &kb[static_cast<size_t>(kv_local) * nblocks],
-                       &vb[static_cast<size_t>(kv_local) * nblocks], npos, bs, hd, scale, scratch.data(),
-                       &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
+    for (int t = first; t < first + rows; ++t) {
+      const int npos = batch.pos[t] + 1;  // causal: keys 0..pos of its own sequence
+      for (int hq = 0; hq < nq; ++hq) {
+        const int kv_local = static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin);
+        k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd],
+                         &kb[static_cast<size_t>(kv_local) * nblocks],
+                         &vb[static_cast<size_t>(kv_local) * nblocks], npos, bs, hd, scale, scratch.data(),
+                         &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
+      }
     }
   }
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
@@ -128,31 +137,55 @@ Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
 
 Status LlamaModel::Forward(const int32_t* ids, int n, SequenceKv& seq, KvCachePool& pool,
                            float* logits_local) {
+  return ForwardBatch({{ids, n, &seq}}, pool, logits_local);
+}
+
+Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePool& pool,
+                                float* logits_local) {
   const ModelConfig& c = config_;
-  if (n <= 0) return TPS_ERROR("forward needs at least one token");
-  if (seq.length + n > seq.capacity(pool.block_size())) {
-    return TPS_ERROR("a sequence of {} tokens exceeds its {} reserved KV tokens", seq.length + n,
-                     seq.capacity(pool.block_size()));
+  Batch batch;
+  batch.items = items;
+  std::vector<int32_t> ids;
+  for (size_t it = 0; it < items.size(); ++it) {
+    const ForwardItem& f = items[it];
+    if (f.n <= 0) return TPS_ERROR("forward needs at least one token per sequence");
+    if (f.seq->length + f.n > f.seq->capacity(pool.block_size())) {
+      return TPS_ERROR("a sequence of {} tokens exceeds its {} reserved KV tokens", f.seq->length + f.n,
+                       f.seq->capacity(pool.block_size()));
+    }
+    batch.first_row.push_back(static_cast<int>(ids.size()));
+    for (int j = 0; j < f.n; ++j) {
+      ids.push_back(f.ids[j]);
+      batch.item.push_back(static_cast<int>(it));
+      batch.pos.push_back(f.seq->length + j);
+    }
   }
+  const int n = batch.rows();
+  if (n == 0) return TPS_ERROR("forward needs at least one sequence");
   const int hidden = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   std::vector<float> x(static_cast<size_t>(n) * hidden), h(x.size()), delta(x.size());  // (n, hidden)
-  TPS_RETURN_IF_ERROR(Embed(ids, n, x.data()));
+  TPS_RETURN_IF_ERROR(Embed(ids.data(), n, x.data()));
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[l];
     for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.attn_norm.f32(), hidden, eps, &h[t * hidden]);
-    TPS_RETURN_IF_ERROR(Attention(l, n, seq, pool, h.data(), delta.data()));
+    TPS_RETURN_IF_ERROR(Attention(l, batch, pool, h.data(), delta.data()));
     for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
     for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.mlp_norm.f32(), hidden, eps, &h[t * hidden]);
     TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
     for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
   }
-  seq.length += n;
-  // Logits of the last token only, for this rank's vocab range.
-  const float* last = &x[static_cast<size_t>(n - 1) * hidden];
-  k::RmsNorm(last, weights_.final_norm.f32(), hidden, eps, h.data());
+  // Logits of each sequence's last token only, for this rank's vocab range: (items, local_vocab)
+  std::vector<float> last(items.size() * static_cast<size_t>(hidden));
+  for (size_t it = 0; it < items.size(); ++it) {
+    items[it].seq->length += items[it].n;
+    const int row = batch.first_row[it] + items[it].n - 1;
+    k::RmsNorm(&x[static_cast<size_t>(row) * hidden], weights_.final_norm.f32(), hidden, eps,
+               &last[it * hidden]);
+  }
   const HostTensor& lm = weights_.logits_weight();
-  k::MatmulNT(h.data(), 1, lm.data(), lm.dtype(), local_vocab(), hidden, logits_local);
+  k::MatmulNT(last.data(), static_cast<int>(items.size()), lm.data(), lm.dtype(), local_vocab(), hidden,
+              logits_local);
   return Status();
 }
 

@@ -22,6 +22,13 @@
 
 namespace tpserve {
 
+// One sequence's share of a batched forward pass: n tokens appended at seq->length.
+struct ForwardItem {
+  const int32_t* ids;
+  int n;
+  SequenceKv* seq;
+};
+
 class LlamaModel {
  public:
   // Takes this rank's weights; `tp` is the TP group (size 1 works without MPI peers).
@@ -31,6 +38,10 @@ class LlamaModel {
   // into the sequence's blocks of `pool` (which must already hold room for them), and writes
   // this rank's logits of the last token (local_vocab()).
   Status Forward(const int32_t* ids, int n, SequenceKv& seq, KvCachePool& pool, float* logits_local);
+  // Several sequences in one pass: every matmul reads each weight row once for all their tokens
+  // (decode steps and prefill chunks mixed); attention stays within each sequence. Writes the
+  // last-token logits of item i at logits_local[i * local_vocab()].
+  Status ForwardBatch(const std::vector<ForwardItem>& items, KvCachePool& pool, float* logits_local);
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -40,7 +51,13 @@ class LlamaModel {
 
  private:
   Status Embed(const int32_t* ids, int n, float* x);
-  Status Attention(int layer, int n, SequenceKv& seq, KvCachePool& pool, const float* h, float* out);
+  // Row bookkeeping of a batch: row t belongs to items[item[t]] at position pos[t].
+  struct Batch {
+    std::vector<ForwardItem> items;
+    std::vector<int> first_row, item, pos;
+    int rows() const { return static_cast<int>(item.size()); }
+  };
+  Status Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out);
   Status Mlp(int layer, int n, const float* h, float* out);
   void RopeTable(int pos, float* cos_sin) const;
 
