@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include "comm/mpi_comm.h"
@@ -194,6 +195,51 @@ TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
       tokens[i].push_back(static_cast<int32_t>((step * 37 + i * 11) % 1000));  // next input, any id
     }
   }
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// Greedy tokens of BatchEngine requests, stepped to the end.
+std::map<uint64_t, std::vector<int32_t>> RunEngine(LlamaModel& model, const EngineOptions& opts,
+                                                   const std::vector<RequestSpec>& reqs) {
+  BatchEngine engine(model, opts);
+  StepPlan plan;
+  plan.add = reqs;
+  for (const auto& r : reqs) EXPECT_TRUE(engine.Validate(r).ok());
+  engine.Apply(plan);
+  std::map<uint64_t, std::vector<int32_t>> out;
+  while (engine.HasWork()) {
+    auto events = engine.Step();
+    EXPECT_TRUE(events.ok()) << events.status().message();
+    if (!events.ok()) break;
+    for (const TokenEvent& e : *events) out[e.id].push_back(e.token);
+  }
+  EXPECT_EQ(engine.stats().kv_free_blocks, engine.stats().kv_total_blocks);
+  return out;
+}
+
+// Chunked prefill: prompts longer than --chunked-prefill-size are prefilled over several steps,
+// next to other sequences' decode steps, and give the same tokens as unchunked.
+TEST_P(TpForward, ChunkedPrefillGivesTheSameTokens) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "chunk");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  std::vector<RequestSpec> reqs(3);
+  for (int i = 0; i < 3; ++i) {
+    reqs[i].id = i + 1;
+    reqs[i].max_new_tokens = 12;
+    reqs[i].ignore_eos = true;
+    for (int j = 0; j < 5 + 9 * i; ++j)
+      reqs[i].prompt.push_back((1 + 31 * j + 7 * i) % 1000);  // 5, 14, 23 tokens
+  }
+  EngineOptions whole;
+  whole.chunked_prefill_size = 0;  // whole prompts in one step
+  const auto want = RunEngine(*model_or.value(), whole, reqs);
+  for (int chunk : {1, 3, 8}) {
+    EngineOptions chunked;
+    chunked.chunked_prefill_size = chunk;
+    EXPECT_EQ(RunEngine(*model_or.value(), chunked, reqs), want) << "chunk " << chunk;
+  }
+  for (const auto& [id, ids] : want) EXPECT_EQ(ids.size(), 12u) << id;
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 

@@ -60,6 +60,7 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
                 {"port", std::to_string(f.gateway.port)},
                 {"max_running_requests", std::to_string(f.engine.max_running_requests)},
                 {"context_length", std::to_string(engine.context_length())},
+                {"chunked_prefill_size", std::to_string(f.engine.chunked_prefill_size)},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
                 {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
   TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(f.gateway, info, queue, counters,
@@ -188,6 +189,9 @@ CommandMain AddServeCommand(CLI::App& app) {
                   "Requests held at once (running + waiting)")
       ->capture_default_str();
   cmd->add_option("--context-length", f->engine.context_length, "Context length (0: the model's)");
+  cmd->add_option("--chunked-prefill-size", f->engine.chunked_prefill_size,
+                  "Most prompt tokens prefilled per step, next to the decodes (0: whole prompts)")
+      ->capture_default_str();
   cmd->add_option("--kv-cache-size", f->kv_cache_size,
                   "KV cache per rank: tokens (65536) or bytes (2GiB); overrides --mem-fraction-static");
   cmd->add_option(

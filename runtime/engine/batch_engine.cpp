@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace tpserve {
 
@@ -21,8 +22,7 @@ struct BatchEngine::Sequence {
   RequestSpec spec;
   std::vector<int32_t> tokens;  // prompt, then generated
   int generated = 0;
-  bool prefilled = false;
-  SequenceKv kv;
+  SequenceKv kv;  // kv.length < tokens.size() - 1 while the prompt is still being prefilled
   std::mt19937_64 rng;
 };
 
@@ -183,24 +183,29 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
-  // One forward pass for every running sequence: its whole prompt on the first step, then its
-  // last token.
+  // One forward pass: every decoding sequence's last token, and prompt chunks within the budget.
   std::vector<ForwardItem> items;
+  std::vector<Sequence*> emits;  // sequences whose item ends at their last token: they sample
+  int budget = opts_.chunked_prefill_size > 0 ? opts_.chunked_prefill_size : std::numeric_limits<int>::max();
   for (auto& sp : running_) {
     Sequence& s = *sp;
-    if (!s.prefilled) {
-      items.push_back({s.tokens.data(), static_cast<int>(s.tokens.size()), &s.kv});
-      s.prefilled = true;
-    } else {
-      items.push_back({&s.tokens.back(), 1, &s.kv});
+    const int pending = static_cast<int>(s.tokens.size()) - s.kv.length;
+    int n = 1;
+    if (pending > 1) {  // still in the prompt
+      n = std::min(pending, budget);
+      if (n == 0) continue;  // no prefill budget left this step
+      budget -= n;
     }
+    items.push_back({s.tokens.data() + s.kv.length, n, &s.kv});
+    emits.push_back(n == pending ? &s : nullptr);
   }
   std::vector<TokenEvent> events;
   if (items.empty()) return events;
-  logits_.resize(items.size() * static_cast<size_t>(model_.local_vocab()));  // (sequences, local vocab)
+  logits_.resize(items.size() * static_cast<size_t>(model_.local_vocab()));  // (items, local vocab)
   TPS_RETURN_IF_ERROR(model_.ForwardBatch(items, pool_, logits_.data()));
-  for (size_t i = 0; i < running_.size(); ++i) {
-    Sequence& s = *running_[i];
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (emits[i] == nullptr) continue;  // a prompt chunk that did not reach the prompt's end
+    Sequence& s = *emits[i];
     float* logits = &logits_[i * static_cast<size_t>(model_.local_vocab())];
     TPS_ASSIGN_OR_RETURN(TokenChoice c,
                          SelectToken(model_, logits, s.spec.sampling, s.tokens, s.spec.logprobs, s.rng));

@@ -4,9 +4,11 @@
 //
 // Per Step(): admit waiting requests (FCFS) while fewer than max_running_requests run and the
 // paged KV cache has free blocks for the request's whole reservation (so a running sequence never
-// runs out of cache, and nothing needs preempting); a request that does not fit waits. Then for each running
-// sequence in admission order run its prefill (whole prompt) or one decode token, and pick the
-// next token (distributed argmax for greedy, logits gather + rank-0 sampling otherwise).
+// runs out of cache, and nothing needs preempting); a request that does not fit waits. Then one
+// batched forward pass: one decode token of every sequence past its prompt, plus prompt chunks of
+// the others in admission order, at most chunked_prefill_size prompt tokens per step. A sequence
+// whose prompt completes (or that decoded) gets its next token (distributed argmax for greedy,
+// logits gather + rank-0 sampling otherwise).
 // A sequence's result depends only on its own tokens, never on the batch it shares.
 #pragma once
 
@@ -37,6 +39,7 @@ struct EngineOptions {
   int context_length = 0;       // 0: the model's max_position_embeddings
   int64_t kv_cache_blocks = 0;  // 0: enough for max_running_requests full-context sequences
   int kv_block_size = KvCachePool::kDefaultBlockSize;
+  int chunked_prefill_size = 2048;  // max prompt tokens prefilled per step over all sequences; 0: no limit
 };
 
 struct EngineStats {
