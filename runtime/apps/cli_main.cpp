@@ -3,9 +3,13 @@
 //   tpserve-cli info | health
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <random>
 #include <sstream>
+#include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <CLI/CLI.hpp>
@@ -52,6 +56,103 @@ const char* FinishName(pb::FinishReason r) {
   return r == pb::FINISH_REASON_STOP ? "stop" : r == pb::FINISH_REASON_LENGTH ? "length" : "unspecified";
 }
 
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const double idx = p * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(idx);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (idx - lo);
+}
+
+// Closed-loop load: `concurrency` client threads, each sending its next request as soon as the
+// previous one ends, until `total` requests are done. TTFT and inter-token latency are measured
+// here, at the client, from message arrival times.
+int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int concurrency, int total,
+            int prompt_len, int max_new_tokens, uint64_t seed) {
+  using Clock = std::chrono::steady_clock;
+  auto stub = pb::TpServe::NewStub(channel);
+  pb::ModelInfo mi;
+  {
+    grpc::ClientContext ctx;
+    Prepare(common, &ctx);
+    if (auto st = stub->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &mi); !st.ok()) return Fail(st);
+  }
+  std::mutex mu;
+  std::vector<double> ttft, itl;
+  int64_t tokens = 0;
+  int next = 0, errors = 0;
+  std::string first_error;
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < concurrency; ++w) {
+    threads.emplace_back([&, w] {
+      for (;;) {
+        int id;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (next >= total) return;
+          id = next++;
+        }
+        std::mt19937_64 rng(seed * 1000003 + id);
+        pb::GenerateRequest req;
+        for (int i = 0; i < prompt_len; ++i)
+          req.mutable_token_ids()->add_ids(static_cast<int32_t>(rng() % mi.vocab_size()));
+        req.set_max_new_tokens(max_new_tokens);
+        req.set_ignore_eos(true);
+        grpc::ClientContext ctx;
+        Prepare(common, &ctx);
+        const auto sent = Clock::now();
+        auto reader = stub->Generate(&ctx, req);
+        pb::GenerateResponse msg;
+        std::vector<double> my_itl;
+        double my_ttft = -1;
+        auto last = sent;
+        int64_t my_tokens = 0;
+        while (reader->Read(&msg)) {
+          const auto now = Clock::now();
+          if (msg.token_ids_size() == 0) continue;
+          if (my_ttft < 0) {
+            my_ttft = std::chrono::duration<double>(now - sent).count();
+          } else {
+            my_itl.push_back(std::chrono::duration<double>(now - last).count() / msg.token_ids_size());
+          }
+          last = now;
+          my_tokens += msg.token_ids_size();
+        }
+        grpc::Status st = reader->Finish();
+        std::lock_guard<std::mutex> lock(mu);
+        if (!st.ok()) {
+          ++errors;
+          if (first_error.empty()) first_error = st.error_message();
+          continue;
+        }
+        tokens += my_tokens;
+        ttft.push_back(my_ttft);
+        itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+        (void)w;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  nlohmann::json out = {{"concurrency", concurrency},
+                        {"requests", total},
+                        {"errors", errors},
+                        {"prompt_len", prompt_len},
+                        {"max_new_tokens", max_new_tokens},
+                        {"duration_s", secs},
+                        {"requests_per_s", (total - errors) / secs},
+                        {"output_tokens_per_s", tokens / secs},
+                        {"ttft_p50_s", Percentile(ttft, 0.50)},
+                        {"ttft_p99_s", Percentile(ttft, 0.99)},
+                        {"itl_p50_s", Percentile(itl, 0.50)},
+                        {"itl_p99_s", Percentile(itl, 0.99)}};
+  if (!first_error.empty()) out["first_error"] = first_error;
+  std::cout << out.dump() << std::endl;
+  return errors == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -84,11 +185,24 @@ int main(int argc, char** argv) {
   gen->add_flag("--ignore-eos", ignore_eos);
   gen->add_flag("--logprobs", logprobs);
   gen->add_flag("--json", json, "Print one JSON object at the end instead of streaming ids");
+  int concurrency = 1, requests = 0, prompt_len = 32;
+  uint64_t load_seed = 0;
+  CLI::App* load =
+      app.add_subcommand("load", "Load test: concurrent streams; prints throughput and latency (JSON)");
+  load->add_option("--concurrency", concurrency, "Streams in flight")->capture_default_str();
+  load->add_option("--requests", requests, "Requests in all (default: 4 x concurrency)");
+  load->add_option("--prompt-len", prompt_len, "Prompt tokens (random ids)")->capture_default_str();
+  load->add_option("--max-new-tokens", max_new_tokens, "Tokens per request (EOS ignored)")
+      ->capture_default_str();
+  load->add_option("--seed", load_seed, "Seed of the random prompts")->capture_default_str();
   CLI::App* info = app.add_subcommand("info", "Model and server information (JSON)");
   CLI::App* health = app.add_subcommand("health", "grpc.health.v1 Check; exit 0 when SERVING");
   CLI11_PARSE(app, argc, argv);
 
   auto channel = Connect(common);
+  if (load->parsed())
+    return RunLoad(common, channel, concurrency, requests > 0 ? requests : 4 * concurrency, prompt_len,
+                   max_new_tokens, load_seed);
   if (gen->parsed()) {
     if (!text.empty()) {
       req.set_text(text);
