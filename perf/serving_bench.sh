@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Serving throughput and latency against concurrency: starts `tpserve serve` (NP ranks, PRESET
+# model), then runs `tpserve-cli load` (closed loop: each stream sends its next request when the
+# previous ends) at each concurrency, in one run. Output: JSON (all points + the ratio of output
+# tokens/s at concurrency 16 to concurrency 1) and a PNG (throughput and latency vs concurrency).
+#   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
+#                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=2
+set -euo pipefail
+BUILD="${1:-build}"
+OUT="${2:-perf/results/serving_bench}"
+PRESET="${PRESET:-small}"
+NP="${NP:-2}"
+LEVELS="${LEVELS:-1 4 16 64}"
+PROMPT_LEN="${PROMPT_LEN:-32}"
+TOKENS="${TOKENS:-64}"
+ROUNDS="${ROUNDS:-2}"  # requests per stream at each level
+BIN="$BUILD/runtime"
+WORK="$(mktemp -d)"
+trap 'kill $server 2>/dev/null || true; rm -rf "$WORK"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+"$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
+  --max-running-requests 64 2>"$WORK/server.log" &
+server=$!
+for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
+"$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
+: >"$WORK/points.jsonl"
+for c in $LEVELS; do
+  "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
+    --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | tee -a "$WORK/points.jsonl" >&2
+done
+kill -TERM "$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)"
+wait $server || true
+mkdir -p "$(dirname "$OUT")"
+python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY
+import json, sys
+pts = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by_c = {p["concurrency"]: p for p in pts}
+ratio = by_c[16]["output_tokens_per_s"] / by_c[1]["output_tokens_per_s"] if 16 in by_c and 1 in by_c else None
+out = {"bench": "serving", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
+       "max_new_tokens": $TOKENS, "points": pts, "tokens_per_s_c16_over_c1": ratio, "target_ratio": 8.0}
+json.dump(out, open(sys.argv[2], "w"), indent=2)
+with open(sys.argv[3], "w") as f:
+    for p in pts:
+        f.write("%d %f %f %f %f %f\n" % (p["concurrency"], p["output_tokens_per_s"], p["ttft_p50_s"] * 1e3,
+                                          p["ttft_p99_s"] * 1e3, p["itl_p50_s"] * 1e3, p["itl_p99_s"] * 1e3))
+print(json.dumps({k: v for k, v in out.items() if k != "points"}))
+PY
+if command -v gnuplot >/dev/null; then
+  gnuplot <<GP
+set terminal pngcairo size 1100,450
+set output "$OUT.png"
+set multiplot layout 1,2 title "tpserve serving: $PRESET bf16, TP $NP, prompt $PROMPT_LEN, $TOKENS new tokens"
+set logscale x 2
+set xlabel "concurrent streams"
+set ylabel "output tokens/s"
+set grid
+plot "$OUT.dat" using 1:2 with linespoints lw 2 title "throughput"
+set ylabel "latency (ms)"
+set logscale y
+plot "$OUT.dat" using 1:3 with linespoints title "TTFT p50", "" using 1:4 with linespoints title "TTFT p99", \
+     "" using 1:5 with linespoints title "ITL p50", "" using 1:6 with linespoints title "ITL p99"
+unset multiplot
+GP
+  echo "wrote $OUT.json and $OUT.png" >&2
+else
+  echo "gnuplot not installed (apt-get install gnuplot-nox): wrote $OUT.json only" >&2
+fi
