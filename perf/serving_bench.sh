@@ -5,6 +5,7 @@
 # tokens/s at concurrency 16 to concurrency 1) and a PNG (throughput and latency vs concurrency).
 #   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
 #                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=2
+#                                                         SERVE_ARGS="--enable-deterministic-inference"
 set -euo pipefail
 BUILD="${1:-build}"
 OUT="${2:-perf/results/serving_bench}"
@@ -21,7 +22,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
-  --max-running-requests 64 2>"$WORK/server.log" &
+  --max-running-requests 64 ${SERVE_ARGS:-} 2>"$WORK/server.log" &
 server=$!
 for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
@@ -38,7 +39,7 @@ import json, sys
 pts = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by_c = {p["concurrency"]: p for p in pts}
 ratio = by_c[16]["output_tokens_per_s"] / by_c[1]["output_tokens_per_s"] if 16 in by_c and 1 in by_c else None
-out = {"bench": "serving", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
+out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
        "max_new_tokens": $TOKENS, "points": pts, "tokens_per_s_c16_over_c1": ratio, "target_ratio": 8.0}
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 with open(sys.argv[3], "w") as f:

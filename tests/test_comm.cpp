@@ -32,6 +32,26 @@ TEST_F(Comm, AllReduceSumOddCounts) {
   }
 }
 
+TEST_F(Comm, DeterministicAllReduceSumsInRankOrder) {
+  // Values whose float sum depends on the order: rank r adds 1e8 * (-1)^r + r * 0.5.
+  world_->SetDeterministic(true);
+  for (size_t count : {size_t{1}, size_t{5}, size_t{4097}}) {
+    std::vector<float> v(count);
+    for (size_t i = 0; i < count; ++i)
+      v[i] = (rank_ % 2 ? -1e8f : 1e8f) + rank_ * 0.5f + static_cast<float>(i);
+    ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
+    for (size_t i = 0; i < count; ++i) {
+      float want = 0;
+      for (int r = 0; r < size_; ++r) {
+        const float c = (r % 2 ? -1e8f : 1e8f) + r * 0.5f + static_cast<float>(i);
+        want = r == 0 ? c : want + c;
+      }
+      ASSERT_EQ(v[i], want) << "count " << count << " i " << i;
+    }
+  }
+  world_->SetDeterministic(false);
+}
+
 TEST_F(Comm, AllGatherInRankOrder) {
   for (size_t n : {size_t{1}, size_t{5}, size_t{333}}) {
     std::vector<int32_t> mine(n), all(n * size_);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -330,12 +331,14 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   for (int i = 0; i < 3; ++i) solo[i] = GenerateAll(server, reqs[i]);
   std::vector<Collected> together(kClients);
   std::atomic<int> max_running{0}, max_waiting{0};
+  std::atomic<double> max_tokens_per_s{0};
   std::atomic<bool> done{false};
   std::thread watcher([&] {
     while (!done) {
       const pb::ServerInfo info = server.Info();
       max_running = std::max(max_running.load(), info.running_requests());
       max_waiting = std::max(max_waiting.load(), info.waiting_requests());
+      max_tokens_per_s = std::max(max_tokens_per_s.load(), info.generation_tokens_per_s());
       EXPECT_GE(info.kv_cache_free_blocks(), 0);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -355,6 +358,7 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   }
   EXPECT_LE(max_running.load(), 3) << "the cache holds three reservations";
   EXPECT_GT(max_waiting.load(), 0) << "some requests should have waited for blocks";
+  EXPECT_GT(max_tokens_per_s.load(), 0.0) << "GetServerInfo reports generation throughput";
   const pb::ServerInfo after = server.Info();
   EXPECT_EQ(after.kv_cache_free_blocks(), after.kv_cache_total_blocks());
   EXPECT_EQ(after.kv_cache_used_bytes(), 0);
@@ -371,6 +375,51 @@ TEST_F(Gateway, KvCacheTooSmallForOneContextIsAStartupErrorNamingTheFix) {
   EXPECT_NE(rc, 124) << "must not hang";
   EXPECT_NE(out.find("fewer than one full context of 1024 tokens"), std::string::npos) << out;
   EXPECT_NE(out.find("lower --context-length"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+namespace tpserve {
+namespace {
+
+// Batch invariance of results: 32 requests of varied prompt and output lengths, arriving at random
+// times into a running batch (with small prefill chunks, so prefill and decode rows mix), each
+// give exactly their solo greedy tokens, at TP 1 and TP 2 in f32.
+TEST_F(Gateway, ThirtyTwoRandomArrivalsEqualTheirSoloResults) {
+  for (int np : {1, 2}) {
+    ServerProcess server(tiny(), np, {"--chunked-prefill-size", "16"});
+    ASSERT_TRUE(server.ready()) << server.log();
+    std::mt19937 rng(1234 + np);
+    constexpr int kRequests = 32;
+    std::vector<pb::GenerateRequest> reqs;
+    std::vector<int> delay_ms;
+    for (int i = 0; i < kRequests; ++i) {
+      std::vector<int32_t> prompt = {1};
+      const int len = 1 + static_cast<int>(rng() % 40);
+      for (int j = 0; j < len; ++j) prompt.push_back(static_cast<int32_t>(rng() % 1000));
+      reqs.push_back(GreedyRequest(prompt, 1 + static_cast<int>(rng() % 80)));
+      delay_ms.push_back(static_cast<int>(rng() % 200));
+    }
+    std::vector<Collected> solo(kRequests), together(kRequests);
+    for (int i = 0; i < kRequests; ++i) solo[i] = GenerateAll(server, reqs[i]);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kRequests; ++i) {
+      threads.emplace_back([&, i] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms[i]));
+        together[i] = GenerateAll(server, reqs[i]);
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < kRequests; ++i) {
+      ASSERT_TRUE(solo[i].status.ok() && together[i].status.ok()) << i;
+      EXPECT_EQ(static_cast<int>(together[i].ids.size()), reqs[i].max_new_tokens())
+          << "np " << np << " req " << i;
+      EXPECT_EQ(together[i].ids, solo[i].ids) << "np " << np << " req " << i;
+    }
+    const pb::ServerInfo info = server.Info();
+    EXPECT_EQ(info.kv_cache_free_blocks(), info.kv_cache_total_blocks());
+  }
 }
 
 }  // namespace

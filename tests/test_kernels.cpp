@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "cpu/kernels.h"
@@ -80,6 +81,37 @@ TEST(Kernels, MatmulNTMatchesReference) {
             mag += std::abs(x[t * k + i] * w.exact[o * k + i]);
           }
           ASSERT_NEAR(y[t * m + o], want, 4 * k * 6e-8 * mag) << isa << " " << DTypeName(dt);
+        }
+      }
+    }
+  }
+}
+
+// Batching must not change a token's result: dot4 and MatmulNT rows are bitwise equal to dot.
+TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
+  for (const std::string& isa : SupportedIsas()) {
+    const CpuKernelTable& kt = *KernelsForIsa(isa);
+    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+      for (int k : {1, 15, 16, 17, 33, 64, 100, 1001}) {
+        const std::vector<float> x = Random(9 * k, 21 + k);
+        Weights w = MakeWeights(Random(5 * k, 22 + k), dt);
+        const float* xs[4] = {&x[0], &x[k], &x[2 * k], &x[3 * k]};
+        float out[4];
+        kt.dot4[static_cast<int>(dt)](xs, w.bytes.data(), k, out);
+        for (int j = 0; j < 4; ++j) {
+          const float single = kt.dot[static_cast<int>(dt)](xs[j], w.bytes.data(), k);
+          ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " " << DTypeName(dt) << " k=" << k;
+        }
+        for (int n = 1; n <= 9; ++n) {
+          std::vector<float> y(n * 5);
+          MatmulNT(kt, x.data(), n, w.bytes.data(), dt, 5, k, y.data());
+          for (int t = 0; t < n; ++t) {
+            for (int o = 0; o < 5; ++o) {
+              const float single = kt.dot[static_cast<int>(dt)](
+                  &x[t * k], w.bytes.data() + static_cast<size_t>(o) * k * DTypeSize(dt), k);
+              ASSERT_EQ(std::memcmp(&y[t * 5 + o], &single, 4), 0) << isa << " n=" << n << " t=" << t;
+            }
+          }
         }
       }
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -195,6 +196,53 @@ TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
       tokens[i].push_back(static_cast<int32_t>((step * 37 + i * 11) % 1000));  // next input, any id
     }
   }
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// Deterministic mode in bf16: a sequence's logits in a mixed batch (prefill rows next to decode
+// rows of other sequences) are bit-for-bit its logits alone, at every TP size.
+TEST_P(TpForward, DeterministicBf16BatchedLogitsAreBitwiseSolo) {
+  SyntheticSpec spec = GetParam();
+  spec.dtype = kernels::DType::kBF16;
+  const std::string dir = SharedSyntheticModel(*world_, spec, "det");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  model.tp().SetDeterministic(true);
+  const int v = model.local_vocab();
+  KvCachePool pool(model.config(), model.weights().shard, 96, /*block_size=*/16);
+  std::vector<SequenceKv> solo(5), batched(5);
+  std::vector<std::vector<int32_t>> tokens(5);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(pool.Allocate(8, &solo[i].blocks));
+    ASSERT_TRUE(pool.Allocate(8, &batched[i].blocks));
+    for (int j = 0; j < 3 + 6 * i; ++j) tokens[i].push_back((7 + 13 * j + 101 * i) % 1000);
+  }
+  int compared = 0;
+  for (int step = 0; step < 5; ++step) {
+    std::vector<ForwardItem> items;
+    std::vector<int> which;
+    for (int i = 0; i < 5; ++i) {
+      if (i > step) continue;  // sequence i arrives at step i
+      const bool first = batched[i].length == 0;
+      items.push_back({first ? tokens[i].data() : &tokens[i].back(),
+                       first ? static_cast<int>(tokens[i].size()) : 1, &batched[i]});
+      which.push_back(i);
+    }
+    std::vector<float> got(items.size() * v);
+    ASSERT_TRUE(model.ForwardBatch(items, pool, got.data()).ok());
+    for (size_t k = 0; k < items.size(); ++k) {
+      const int i = which[k];
+      std::vector<float> want(v);
+      ASSERT_TRUE(model.Forward(items[k].ids, items[k].n, solo[i], pool, want.data()).ok());
+      ASSERT_EQ(std::memcmp(&got[k * v], want.data(), v * sizeof(float)), 0)
+          << "step " << step << " seq " << i;
+      ++compared;
+      tokens[i].push_back(static_cast<int32_t>((step * 53 + i * 17) % 1000));
+    }
+  }
+  EXPECT_EQ(compared, 15);
+  model.tp().SetDeterministic(false);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 

@@ -61,6 +61,7 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
                 {"max_running_requests", std::to_string(f.engine.max_running_requests)},
                 {"context_length", std::to_string(engine.context_length())},
                 {"chunked_prefill_size", std::to_string(f.engine.chunked_prefill_size)},
+                {"enable_deterministic_inference", f.job.deterministic ? "true" : "false"},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
                 {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
   TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(f.gateway, info, queue, counters,

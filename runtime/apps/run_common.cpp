@@ -20,6 +20,8 @@ void AddJobFlags(CLI::App* cmd, JobFlags* f) {
   cmd->add_option("--partition", f->load.partition_path, "Partition plan YAML (default: computed in memory)");
   cmd->add_option("--dtype", f->load.dtype, "Weight dtype: auto (as stored), f32, bf16, f16")
       ->capture_default_str();
+  cmd->add_flag("--enable-deterministic-inference", f->deterministic,
+                "Batch-invariant results: all-reduces sum in rank order (kernels already are per-row)");
   cmd->add_option("--nnodes", f->launch.nnodes, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--node-rank", f->launch.node_rank, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--dist-init-addr", f->launch.dist_init_addr,
@@ -51,6 +53,7 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
   auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");
   if (!AllOk(*job->world, tp_or.status())) return 1;
   job->tp = std::move(tp_or).value();
+  job->tp->SetDeterministic(f.deterministic);
   LoadOptions load = f.load;
   load.show_progress = true;
   auto model_or = LoadModel(load, *job->tp);

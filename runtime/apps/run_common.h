@@ -22,6 +22,7 @@ struct JobFlags {
   LaunchFlags launch;
   int tp = 0;  // 0: the whole world
   int dp = 1, pp = 1;
+  bool deterministic = false;  // --enable-deterministic-inference
 };
 
 // Declared in teardown order: the model and groups go before MPI_Finalize (env).

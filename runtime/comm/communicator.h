@@ -31,6 +31,11 @@ class Communicator {
   virtual Status Gather(const void* send, size_t send_bytes, void* recv,
                         const std::vector<size_t>& recv_bytes, int root) = 0;
   virtual Status Barrier() = 0;
+
+  // Deterministic mode: AllReduceSum adds the ranks' contributions in rank order whatever the
+  // message size, so results do not depend on the batch a token shares (the library's own
+  // algorithms may pick another summation order by size). Default: off (the library's fastest).
+  virtual void SetDeterministic(bool on) { (void)on; }
 };
 
 // Broadcasts a vector of trivially copyable T from root: the size first, then the bytes.

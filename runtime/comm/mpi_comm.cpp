@@ -159,6 +159,17 @@ Status MpiComm::Wait(void* request_ptr, const char* op) {
 
 Status MpiComm::AllReduceSum(float* data, size_t count) {
   if (size_ == 1) return Status();
+  if (deterministic_ && count * size_ * sizeof(float) <= static_cast<size_t>(INT_MAX)) {
+    // Every rank gathers all contributions and sums them in rank order: ((c0 + c1) + c2) + ...
+    gather_scratch_.resize(count * size_);
+    TPS_RETURN_IF_ERROR(AllGather(data, count * sizeof(float), gather_scratch_.data()));
+    for (size_t i = 0; i < count; ++i) {
+      float acc = gather_scratch_[i];
+      for (int r = 1; r < size_; ++r) acc += gather_scratch_[static_cast<size_t>(r) * count + i];
+      data[i] = acc;
+    }
+    return Status();
+  }
   for (size_t off = 0; off < count; off += kMaxChunk) {
     const int n = static_cast<int>(std::min(kMaxChunk, count - off));
     MPI_Request req;

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 
@@ -60,6 +61,7 @@ class MpiComm final : public Communicator {
   Status Gather(const void* send, size_t send_bytes, void* recv, const std::vector<size_t>& recv_bytes,
                 int root) override;
   Status Barrier() override;
+  void SetDeterministic(bool on) override { deterministic_ = on; }
 
   // Deadline for every collective (all MpiComm instances). Default 600 s; TPSERVE_COLLECTIVE_TIMEOUT
   // (seconds) overrides it at start-up.
@@ -75,6 +77,8 @@ class MpiComm final : public Communicator {
   std::string name_;
   int rank_ = 0;
   int size_ = 1;
+  bool deterministic_ = false;
+  std::vector<float> gather_scratch_;  // (size, count) for the deterministic all-reduce
 };
 
 }  // namespace tpserve

@@ -29,6 +29,9 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
   bool draining = false;
   auto drain_deadline = Clock::time_point::max();
   auto last_broadcast = Clock::now();
+  // Throughput window (tokens/s in GetServerInfo) and a status line every 10 s while busy.
+  auto window_start = Clock::now(), last_log = Clock::now();
+  int64_t window_tokens = 0;
   const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
   for (;;) {
     if (stop_requested && !draining) {
@@ -63,14 +66,28 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     if (engine.HasWork()) {
       TPS_ASSIGN_OR_RETURN(events, engine.Step());
     }
+    window_tokens += static_cast<int64_t>(events.size());
+    const auto now = Clock::now();
+    const double window_s = std::chrono::duration<double>(now - window_start).count();
     {  // counters first, so a client that sees its final token also sees it counted
       std::lock_guard<std::mutex> lock(counters.mu);
+      if (window_s >= 1.0 || !engine.HasWork()) {
+        counters.tokens_per_s = window_s > 0 ? window_tokens / window_s : 0.0;
+        window_start = now;
+        window_tokens = 0;
+      }
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
       for (const TokenEvent& e : events) counters.finished += e.finish != FinishReason::kNone;
       counters.cancelled += static_cast<int64_t>(plan.cancel.size());
     }
     queue.Deliver(events);
+    if (engine.HasWork() && now - last_log >= std::chrono::seconds(10)) {
+      last_log = now;
+      const EngineStats st = engine.stats();
+      log::Info("running {}, waiting {}, KV blocks {}/{} used, {:.1f} tok/s", st.running, st.waiting,
+                st.kv_total_blocks - st.kv_free_blocks, st.kv_total_blocks, counters.tokens_per_s);
+    }
   }
   std::lock_guard<std::mutex> lock(counters.mu);
   counters.engine = engine.stats();

@@ -26,6 +26,7 @@ struct ServerCounters {
   mutable std::mutex mu;
   EngineStats engine;
   int64_t finished = 0, cancelled = 0, generated_tokens = 0;
+  double tokens_per_s = 0;  // over the last window of about a second
   bool draining = false;
 };
 
