@@ -50,13 +50,20 @@ const CpuKernelTable& ActiveKernels() {
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
               float* y) {
   const DotFn dot = kt.dot[static_cast<int>(wt)];
+  const Dot4Fn dot4 = kt.dot4[static_cast<int>(wt)];
   const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(wt);
   const char* wb = static_cast<const char*>(w);
-  // Weight-stationary: each weight row is read once and used by every token of the batch.
   for (int o = 0; o < m; ++o) {
     const void* row = wb + static_cast<size_t>(o) * row_bytes;
-    for (int t = 0; t < n; ++t)
-      y[static_cast<size_t>(t) * m + o] = dot(x + static_cast<size_t>(t) * k, row, k);
+    int t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* xs[4] = {x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
+                            x + static_cast<size_t>(t + 2) * k, x + static_cast<size_t>(t + 3) * k};
+      float out[4];
+      dot4(xs, row, k, out);
+      for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t + j) * m + o] = out[j];
+    }
+    for (; t < n; ++t) y[static_cast<size_t>(t) * m + o] = dot(x + static_cast<size_t>(t) * k, row, k);
   }
 }
 

@@ -36,6 +36,32 @@ float DotImpl(const float* x, const void* wv, int k) {
   return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
+// Four activation rows against one weight row: each weight chunk is loaded and widened once and
+// feeds 4 x 2 accumulators. Per row, the chunking and summation order are exactly DotImpl's, so
+// out[j] is bitwise DotImpl(x[j], w, k).
+template <typename T, __m512 (*Load)(const T*, __mmask16)>
+void Dot4Impl(const float* const* x, const void* wv, int k, float* out) {
+  const T* w = static_cast<const T*>(wv);
+  constexpr __mmask16 kAll = 0xffff;
+  __m512 a0[4], a1[4];
+  for (int j = 0; j < 4; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 w0 = Load(w + i, kAll), w1 = Load(w + i + 16, kAll);
+    for (int j = 0; j < 4; ++j) {
+      a0[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[j] + i), w0, a0[j]);
+      a1[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[j] + i + 16), w1, a1[j]);
+    }
+  }
+  for (; i < k; i += 16) {
+    const int left = k - i;
+    const __mmask16 m = left >= 16 ? kAll : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 w0 = Load(w + i, m);
+    for (int j = 0; j < 4; ++j) a0[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[j] + i), w0, a0[j]);
+  }
+  for (int j = 0; j < 4; ++j) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j]));
+}
+
 }  // namespace
 
 const CpuKernelTable* Avx512Kernels() {
@@ -45,6 +71,9 @@ const CpuKernelTable* Avx512Kernels() {
     t.dot[static_cast<int>(DType::kF32)] = DotImpl<float, LoadF32>;
     t.dot[static_cast<int>(DType::kF16)] = DotImpl<uint16_t, LoadF16>;
     t.dot[static_cast<int>(DType::kBF16)] = DotImpl<uint16_t, LoadBf16>;
+    t.dot4[static_cast<int>(DType::kF32)] = Dot4Impl<float, LoadF32>;
+    t.dot4[static_cast<int>(DType::kF16)] = Dot4Impl<uint16_t, LoadF16>;
+    t.dot4[static_cast<int>(DType::kBF16)] = Dot4Impl<uint16_t, LoadBf16>;
     return t;
   }();
   return &table;

@@ -29,6 +29,12 @@ float DotBf16(const float* x, const void* w, int k) {
   return DotGeneric(x, k, [wh](int i) { return Bf16ToF32(wh[i]); });
 }
 
+// Four single dots: the same arithmetic as dot, so results match it bitwise.
+template <DotFn Dot>
+void Dot4(const float* const* x, const void* w, int k, float* out) {
+  for (int j = 0; j < 4; ++j) out[j] = Dot(x[j], w, k);
+}
+
 }  // namespace
 
 const CpuKernelTable& PortableKernels() {
@@ -38,6 +44,9 @@ const CpuKernelTable& PortableKernels() {
     t.dot[static_cast<int>(DType::kF32)] = DotF32;
     t.dot[static_cast<int>(DType::kF16)] = DotF16;
     t.dot[static_cast<int>(DType::kBF16)] = DotBf16;
+    t.dot4[static_cast<int>(DType::kF32)] = Dot4<DotF32>;
+    t.dot4[static_cast<int>(DType::kF16)] = Dot4<DotF16>;
+    t.dot4[static_cast<int>(DType::kBF16)] = Dot4<DotBf16>;
     return t;
   }();
   return table;

@@ -4,7 +4,8 @@
 // Variants of the dot product (the only hot loop of batch-1 decode), one per ISA:
 //   portable : plain C++, 8 independent accumulators (fixed order, so results are reproducible)
 //   avx2     : AVX2 + FMA + F16C, 2x8 lanes
-//   avx512   : AVX-512F/BW, 2x16 lanes, masked tail
+//   avx512   : AVX-512F/BW, 2x16 lanes, masked tail; dot4 loads each weight chunk once for
+//              4 activation rows (batched decode / prefill), same per-row arithmetic as dot
 // The table is filled once at start-up from a CPU feature probe (SelectIsa / ActiveKernels);
 // TPSERVE_ISA=portable|avx2|avx512 forces a path (for tests and benchmarks).
 #pragma once
@@ -20,10 +21,14 @@ namespace tpserve::kernels {
 
 // dot(x, w) over k elements; x is f32, w is in the table entry's dtype.
 using DotFn = float (*)(const float* x, const void* w, int k);
+// out[j] = dot(x[j], w) for 4 activation rows sharing one weight row (loaded once). Each out[j]
+// is bitwise equal to dot(x[j], w): batching never changes a token's result.
+using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out);
 
 struct CpuKernelTable {
   const char* isa = "portable";
-  DotFn dot[3] = {nullptr, nullptr, nullptr};  // indexed by DType
+  DotFn dot[3] = {nullptr, nullptr, nullptr};    // indexed by DType
+  Dot4Fn dot4[3] = {nullptr, nullptr, nullptr};  // indexed by DType
 };
 
 const CpuKernelTable& PortableKernels();
@@ -37,7 +42,9 @@ const CpuKernelTable& ActiveKernels();
 // Table for a named ISA, or nullptr if unknown/unsupported on this CPU.
 const CpuKernelTable* KernelsForIsa(const std::string& isa);
 
-// y(n, m) = x(n, k) * w(m, k)^T with w in dtype wt. Row-major, dense.
+// y(n, m) = x(n, k) * w(m, k)^T with w in dtype wt. Row-major, dense. Weight-stationary: each
+// weight row is read once for all n rows (4 at a time through dot4), and every y element is
+// bitwise what a batch of one would give.
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
               float* y);
 inline void MatmulNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y) {
