@@ -66,9 +66,7 @@ Result<TokenChoice> SelectToken(LlamaModel& model, float* logits, const Sampling
   }
   // Sampling: rank 0 sees the whole vocabulary, draws, and broadcasts the choice.
   const int vocab = model.config().vocab_size;
-  std::vector<Range> ranges(tp.size());
-  Range mine = vr;
-  TPS_RETURN_IF_ERROR(tp.AllGather(&mine, sizeof(mine), ranges.data()));
+  const std::vector<Range>& ranges = model.all_vocab_ranges();
   std::vector<size_t> bytes(tp.size());
   for (int r = 0; r < tp.size(); ++r) bytes[r] = ranges[r].size() * sizeof(float);
   std::vector<float> full(tp.rank() == 0 ? vocab : 0);

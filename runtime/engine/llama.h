@@ -46,6 +46,8 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   Range vocab_range() const { return weights_.shard.lm_head_vocab; }
+  // Every TP rank's logits range, in rank order (known from the plan, so no collective needed).
+  const std::vector<Range>& all_vocab_ranges() const { return weights_.all_lm_head_vocab; }
   int local_vocab() const { return static_cast<int>(vocab_range().size()); }
   Communicator& tp() { return tp_; }
 

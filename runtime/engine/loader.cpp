@@ -43,6 +43,7 @@ Result<std::unique_ptr<LlamaModel>> LoadModel(const LoadOptions& opts, Communica
   log::Debug("loaded {} MB ({} MB sharded + {} MB replicated read) in {:.2f} s as {}",
              weights.stats.resident_bytes >> 20, weights.stats.sharded_bytes >> 20,
              weights.stats.replicated_bytes >> 20, weights.stats.seconds, kernels::DTypeName(dtype));
+  for (const RankShard& s : shards) weights.all_lm_head_vocab.push_back(s.lm_head_vocab);
   return std::make_unique<LlamaModel>(std::move(config), std::move(weights), tp);
 }
 

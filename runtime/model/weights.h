@@ -62,9 +62,10 @@ struct LoadStats {
 
 struct ModelWeights {
   RankShard shard;
-  HostTensor embed;       // (local vocab rows, hidden), embed_vocab range
-  HostTensor lm_head;     // (local vocab rows, hidden); empty when tied (embed is used)
-  HostTensor final_norm;  // (hidden) f32
+  std::vector<Range> all_lm_head_vocab;  // every TP rank's logits range, in rank order
+  HostTensor embed;                      // (local vocab rows, hidden), embed_vocab range
+  HostTensor lm_head;                    // (local vocab rows, hidden); empty when tied (embed is used)
+  HostTensor final_norm;                 // (hidden) f32
   std::vector<LayerWeights> layers;
   LoadStats stats;
 
