@@ -26,43 +26,73 @@ struct BatchEngine::Sequence {
   std::mt19937_64 rng;
 };
 
+namespace {
+
+// One rank's greedy candidate: (value, global index) of its local argmax; with logprobs also its
+// log-sum-exp pieces (local max, sum of exp(x - local max)), so log Z needs no second round.
+struct Candidate {
+  float value;
+  int32_t index;
+  float local_max;
+  float local_sumexp;
+};
+static_assert(sizeof(Candidate) == 16, "sent as raw bytes");
+
+Candidate LocalCandidate(const float* logits, int n, int64_t begin, bool want_logprob) {
+  const int local = ArgMax(logits, n);
+  Candidate c{logits[local], static_cast<int32_t>(begin + local), logits[local], 0.0f};
+  if (want_logprob) {
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i]) - c.local_max);
+    c.local_sumexp = static_cast<float>(s);
+  }
+  return c;
+}
+
+// The winner over ranks (ties -> lowest index) from candidates[r * stride].
+TokenChoice PickGreedy(const Candidate* candidates, int ranks, int stride, bool want_logprob) {
+  Candidate best = candidates[0];
+  for (int r = 1; r < ranks; ++r) {
+    const Candidate& c = candidates[r * stride];
+    if (c.value > best.value || (c.value == best.value && c.index < best.index)) best = c;
+  }
+  TokenChoice choice{best.index, 0.0f};
+  if (want_logprob) {
+    double z = 0.0;
+    for (int r = 0; r < ranks; ++r) {
+      const Candidate& c = candidates[r * stride];
+      z += c.local_sumexp * std::exp(static_cast<double>(c.local_max) - best.value);
+    }
+    choice.logprob = static_cast<float>(-std::log(z));  // value - logZ, with logZ = value + log(z)
+  }
+  return choice;
+}
+
+}  // namespace
+
+Result<std::vector<TokenChoice>> SelectGreedyTokens(LlamaModel& model, const std::vector<float*>& logits,
+                                                    const std::vector<bool>& want_logprob) {
+  Communicator& tp = model.tp();
+  const int count = static_cast<int>(logits.size());
+  std::vector<Candidate> mine(count), all(static_cast<size_t>(count) * tp.size());  // all: (ranks, count)
+  for (int i = 0; i < count; ++i) {
+    mine[i] = LocalCandidate(logits[i], model.local_vocab(), model.vocab_range().begin, want_logprob[i]);
+  }
+  std::vector<TokenChoice> out(count);
+  if (count == 0) return out;
+  TPS_RETURN_IF_ERROR(tp.AllGather(mine.data(), mine.size() * sizeof(Candidate), all.data()));
+  for (int i = 0; i < count; ++i) out[i] = PickGreedy(&all[i], tp.size(), count, want_logprob[i]);
+  return out;
+}
+
 Result<TokenChoice> SelectToken(LlamaModel& model, float* logits, const SamplingParams& params,
                                 const std::vector<int32_t>& seen, bool want_logprob, std::mt19937_64& rng) {
   Communicator& tp = model.tp();
-  const Range vr = model.vocab_range();
-  const int n = model.local_vocab();
-  ApplyRepetitionPenalty(logits, vr.begin, n, seen, params.repetition_penalty);
+  ApplyRepetitionPenalty(logits, model.vocab_range().begin, model.local_vocab(), seen,
+                         params.repetition_penalty);
   if (params.greedy()) {
-    // Distributed argmax over (value, global index); with logprobs each rank also sends its
-    // log-sum-exp pieces (local max, sum of exp(x - local max)) so log Z needs no second round.
-    struct Candidate {
-      float value;
-      int32_t index;
-      float local_max;
-      float local_sumexp;
-    };
-    static_assert(sizeof(Candidate) == 16, "sent as raw bytes");
-    const int local = ArgMax(logits, n);
-    Candidate mine{logits[local], static_cast<int32_t>(vr.begin + local), logits[local], 0.0f};
-    if (want_logprob) {
-      double s = 0.0;
-      for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(logits[i]) - mine.local_max);
-      mine.local_sumexp = static_cast<float>(s);
-    }
-    std::vector<Candidate> all(tp.size());
-    TPS_RETURN_IF_ERROR(tp.AllGather(&mine, sizeof(mine), all.data()));
-    Candidate best = all[0];
-    for (const Candidate& c : all) {
-      if (c.value > best.value || (c.value == best.value && c.index < best.index)) best = c;
-    }
-    TokenChoice choice{best.index, 0.0f};
-    if (want_logprob) {
-      double z = 0.0;
-      for (const Candidate& c : all)
-        z += c.local_sumexp * std::exp(static_cast<double>(c.local_max) - best.value);
-      choice.logprob = static_cast<float>(-std::log(z));  // value - logZ, with logZ = value + log(z)
-    }
-    return choice;
+    TPS_ASSIGN_OR_RETURN(std::vector<TokenChoice> one, SelectGreedyTokens(model, {logits}, {want_logprob}));
+    return one[0];
   }
   // Sampling: rank 0 sees the whole vocabulary, draws, and broadcasts the choice.
   const int vocab = model.config().vocab_size;
@@ -201,12 +231,32 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
   if (items.empty()) return events;
   logits_.resize(items.size() * static_cast<size_t>(model_.local_vocab()));  // (items, local vocab)
   TPS_RETURN_IF_ERROR(model_.ForwardBatch(items, pool_, logits_.data()));
+  // Token choice: every greedy sequence in one all-gather, sampled ones one by one (rank 0 draws).
+  const size_t vocab = static_cast<size_t>(model_.local_vocab());
+  std::vector<float*> greedy_logits;
+  std::vector<bool> greedy_logprob;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (emits[i] == nullptr || !emits[i]->spec.sampling.greedy()) continue;
+    Sequence& s = *emits[i];
+    float* logits = &logits_[i * vocab];
+    ApplyRepetitionPenalty(logits, model_.vocab_range().begin, model_.local_vocab(), s.tokens,
+                           s.spec.sampling.repetition_penalty);
+    greedy_logits.push_back(logits);
+    greedy_logprob.push_back(s.spec.logprobs);
+  }
+  TPS_ASSIGN_OR_RETURN(std::vector<TokenChoice> greedy,
+                       SelectGreedyTokens(model_, greedy_logits, greedy_logprob));
+  size_t next_greedy = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     if (emits[i] == nullptr) continue;  // a prompt chunk that did not reach the prompt's end
     Sequence& s = *emits[i];
-    float* logits = &logits_[i * static_cast<size_t>(model_.local_vocab())];
-    TPS_ASSIGN_OR_RETURN(TokenChoice c,
-                         SelectToken(model_, logits, s.spec.sampling, s.tokens, s.spec.logprobs, s.rng));
+    TokenChoice c;
+    if (s.spec.sampling.greedy()) {
+      c = greedy[next_greedy++];
+    } else {
+      TPS_ASSIGN_OR_RETURN(
+          c, SelectToken(model_, &logits_[i * vocab], s.spec.sampling, s.tokens, s.spec.logprobs, s.rng));
+    }
     s.tokens.push_back(c.token);
     ++s.generated;
     TokenEvent ev{s.spec.id, c.token, c.logprob, FinishReason::kNone};

@@ -63,6 +63,11 @@ struct TokenChoice {
   int32_t token = 0;
   float logprob = 0.0f;
 };
+// Greedy choices of several sequences in one collective (all-gather of one candidate per
+// sequence per rank); logits are final (repetition penalty already applied).
+Result<std::vector<TokenChoice>> SelectGreedyTokens(LlamaModel& model,
+                                                    const std::vector<float*>& logits_local,
+                                                    const std::vector<bool>& want_logprob);
 Result<TokenChoice> SelectToken(LlamaModel& model, float* logits_local, const SamplingParams& params,
                                 const std::vector<int32_t>& seen, bool want_logprob, std::mt19937_64& rng);
 
