@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -43,15 +44,9 @@ LoadOptions Opts(const std::string& dir) {
 
 // Full-vocabulary logits on rank 0 from every rank's shard.
 std::vector<float> GatherLogits(LlamaModel& model, const std::vector<float>& local) {
-  Communicator& tp = model.tp();
-  std::vector<Range> ranges(tp.size());
-  Range mine = model.vocab_range();
-  EXPECT_TRUE(tp.AllGather(&mine, sizeof(mine), ranges.data()).ok());
-  std::vector<size_t> bytes;
-  for (const Range& r : ranges) bytes.push_back(r.size() * sizeof(float));
-  std::vector<float> full(model.config().vocab_size);
-  EXPECT_TRUE(tp.Gather(local.data(), local.size() * sizeof(float), full.data(), bytes, 0).ok());
-  return full;
+  auto full = model.GatherLogits(local.data());
+  EXPECT_TRUE(full.ok()) << full.status().message();
+  return full.ok() ? std::move(full).value() : std::vector<float>();
 }
 
 // max |engine - ref| / max |ref|: a norm-wise relative error, robust to logits near zero.
@@ -155,47 +150,62 @@ TEST_P(TpForward, Greedy64MatchesReference) {
   }
 }
 
-// Three sequences of different lengths in one batched pass (prefill, then decode steps with a
-// mix of prefill and decode rows) give the same logits as each sequence run alone.
-TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
-  const SyntheticSpec spec = GetParam();
-  const std::string dir = SharedSyntheticModel(*world_, spec, "batch");
-  auto model_or = LoadModel(Opts(dir), *world_);
-  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
-  LlamaModel& model = *model_or.value();
-  const int v = model.local_vocab();
-  const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9}, {1}, {1, 300, 301, 302, 303, 304, 305}};
-  KvCachePool pool(model.config(), model.weights().shard, 64, /*block_size=*/4);
-  std::vector<SequenceKv> solo(3), batched(3);
-  for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(pool.Allocate(8, &solo[i].blocks));
-    ASSERT_TRUE(pool.Allocate(8, &batched[i].blocks));
+// Runs the same sequences through ForwardBatch (sequence i joins at step arrive[i], so prefill
+// rows mix with decode rows) and through Forward alone, step by step, and hands each pair of
+// logits rows (local_vocab() floats) to check(step, sequence, batched, solo). Returns the number
+// of pairs compared.
+int CompareBatchedWithSolo(LlamaModel& model, std::vector<std::vector<int32_t>> tokens,
+                           const std::vector<int>& arrive, int steps, int block_size,
+                           const std::function<void(int, int, const float*, const float*)>& check) {
+  const int v = model.local_vocab(), count = static_cast<int>(tokens.size());
+  KvCachePool pool(model.config(), model.weights().shard, 16 * count, block_size);
+  std::vector<SequenceKv> solo(count), batched(count);
+  for (int i = 0; i < count; ++i) {
+    EXPECT_TRUE(pool.Allocate(8, &solo[i].blocks));
+    EXPECT_TRUE(pool.Allocate(8, &batched[i].blocks));
   }
-  // Step 0: sequences 0 and 2 prefill together; sequence 1 joins at step 1 (prefill + decodes mixed).
-  std::vector<std::vector<int32_t>> tokens = prompts;
-  for (int step = 0; step < 6; ++step) {
+  int compared = 0;
+  for (int step = 0; step < steps; ++step) {
     std::vector<ForwardItem> items;
     std::vector<int> which;
-    for (int i = 0; i < 3; ++i) {
-      if (i == 1 && step == 0) continue;
+    for (int i = 0; i < count; ++i) {
+      if (step < arrive[i]) continue;
       const bool first = batched[i].length == 0;
       items.push_back({first ? tokens[i].data() : &tokens[i].back(),
                        first ? static_cast<int>(tokens[i].size()) : 1, &batched[i]});
       which.push_back(i);
     }
     std::vector<float> got(items.size() * v);
-    ASSERT_TRUE(model.ForwardBatch(items, pool, got.data()).ok());
+    EXPECT_TRUE(model.ForwardBatch(items, pool, got.data()).ok());
     for (size_t k = 0; k < items.size(); ++k) {
       const int i = which[k];
       std::vector<float> want(v);
-      ASSERT_TRUE(model.Forward(items[k].ids, items[k].n, solo[i], pool, want.data()).ok());
-      for (int j = 0; j < v; ++j) {
-        ASSERT_NEAR(got[k * v + j], want[j], 1e-5f * (1 + std::abs(want[j])))
-            << "step " << step << " seq " << i;
-      }
+      EXPECT_TRUE(model.Forward(items[k].ids, items[k].n, solo[i], pool, want.data()).ok());
+      check(step, i, &got[k * v], want.data());
+      ++compared;
       tokens[i].push_back(static_cast<int32_t>((step * 37 + i * 11) % 1000));  // next input, any id
     }
   }
+  return compared;
+}
+
+// Three sequences of different lengths in one batched pass (prefill, then decode steps with a
+// mix of prefill and decode rows) give the same logits as each sequence run alone.
+TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "batch");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  const int v = model.local_vocab();
+  // Sequences 0 and 2 prefill together at step 0; sequence 1 joins at step 1.
+  const int compared = CompareBatchedWithSolo(
+      model, {{1, 5, 9}, {1}, {1, 300, 301, 302, 303, 304, 305}}, {0, 1, 0}, 6, /*block_size=*/4,
+      [v](int step, int seq, const float* got, const float* want) {
+        for (int j = 0; j < v; ++j) {
+          ASSERT_NEAR(got[j], want[j], 1e-5f * (1 + std::abs(want[j]))) << "step " << step << " seq " << seq;
+        }
+      });
+  EXPECT_EQ(compared, 17);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 
@@ -210,37 +220,16 @@ TEST_P(TpForward, DeterministicBf16BatchedLogitsAreBitwiseSolo) {
   LlamaModel& model = *model_or.value();
   model.tp().SetDeterministic(true);
   const int v = model.local_vocab();
-  KvCachePool pool(model.config(), model.weights().shard, 96, /*block_size=*/16);
-  std::vector<SequenceKv> solo(5), batched(5);
-  std::vector<std::vector<int32_t>> tokens(5);
+  std::vector<std::vector<int32_t>> prompts(5);
   for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(pool.Allocate(8, &solo[i].blocks));
-    ASSERT_TRUE(pool.Allocate(8, &batched[i].blocks));
-    for (int j = 0; j < 3 + 6 * i; ++j) tokens[i].push_back((7 + 13 * j + 101 * i) % 1000);
+    for (int j = 0; j < 3 + 6 * i; ++j) prompts[i].push_back((7 + 13 * j + 101 * i) % 1000);
   }
-  int compared = 0;
-  for (int step = 0; step < 5; ++step) {
-    std::vector<ForwardItem> items;
-    std::vector<int> which;
-    for (int i = 0; i < 5; ++i) {
-      if (i > step) continue;  // sequence i arrives at step i
-      const bool first = batched[i].length == 0;
-      items.push_back({first ? tokens[i].data() : &tokens[i].back(),
-                       first ? static_cast<int>(tokens[i].size()) : 1, &batched[i]});
-      which.push_back(i);
-    }
-    std::vector<float> got(items.size() * v);
-    ASSERT_TRUE(model.ForwardBatch(items, pool, got.data()).ok());
-    for (size_t k = 0; k < items.size(); ++k) {
-      const int i = which[k];
-      std::vector<float> want(v);
-      ASSERT_TRUE(model.Forward(items[k].ids, items[k].n, solo[i], pool, want.data()).ok());
-      ASSERT_EQ(std::memcmp(&got[k * v], want.data(), v * sizeof(float)), 0)
-          << "step " << step << " seq " << i;
-      ++compared;
-      tokens[i].push_back(static_cast<int32_t>((step * 53 + i * 17) % 1000));
-    }
-  }
+  // Sequence i arrives at step i.
+  const int compared = CompareBatchedWithSolo(model, prompts, {0, 1, 2, 3, 4}, 5, /*block_size=*/16,
+                                              [v](int step, int seq, const float* got, const float* want) {
+                                                ASSERT_EQ(std::memcmp(got, want, v * sizeof(float)), 0)
+                                                    << "step " << step << " seq " << seq;
+                                              });
   EXPECT_EQ(compared, 15);
   model.tp().SetDeterministic(false);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);

@@ -96,11 +96,7 @@ Result<TokenChoice> SelectToken(LlamaModel& model, float* logits, const Sampling
   }
   // Sampling: rank 0 sees the whole vocabulary, draws, and broadcasts the choice.
   const int vocab = model.config().vocab_size;
-  const std::vector<Range>& ranges = model.all_vocab_ranges();
-  std::vector<size_t> bytes(tp.size());
-  for (int r = 0; r < tp.size(); ++r) bytes[r] = ranges[r].size() * sizeof(float);
-  std::vector<float> full(tp.rank() == 0 ? vocab : 0);
-  TPS_RETURN_IF_ERROR(tp.Gather(logits, bytes[tp.rank()], full.data(), bytes, 0));
+  TPS_ASSIGN_OR_RETURN(std::vector<float> full, model.GatherLogits(logits));
   TokenChoice choice;
   if (tp.rank() == 0) {
     choice.token = SampleToken(full.data(), vocab, params, rng);

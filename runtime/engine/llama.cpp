@@ -189,4 +189,13 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
   return Status();
 }
 
+Result<std::vector<float>> LlamaModel::GatherLogits(const float* logits_local) {
+  const std::vector<Range>& ranges = all_vocab_ranges();
+  std::vector<size_t> bytes(tp_.size());
+  for (int r = 0; r < tp_.size(); ++r) bytes[r] = ranges[r].size() * sizeof(float);
+  std::vector<float> full(tp_.rank() == 0 ? config_.vocab_size : 0);
+  TPS_RETURN_IF_ERROR(tp_.Gather(logits_local, bytes[tp_.rank()], full.data(), bytes, 0));
+  return full;
+}
+
 }  // namespace tpserve

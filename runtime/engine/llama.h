@@ -48,6 +48,9 @@ class LlamaModel {
   Range vocab_range() const { return weights_.shard.lm_head_vocab; }
   // Every TP rank's logits range, in rank order (known from the plan, so no collective needed).
   const std::vector<Range>& all_vocab_ranges() const { return weights_.all_lm_head_vocab; }
+  // Rank 0 receives the full-vocabulary logits (vocab_size) from every rank's shard (local_vocab());
+  // the other ranks get an empty vector. Collective over the TP group.
+  Result<std::vector<float>> GatherLogits(const float* logits_local);
   int local_vocab() const { return static_cast<int>(vocab_range().size()); }
   Communicator& tp() { return tp_; }
 

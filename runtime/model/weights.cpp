@@ -4,8 +4,6 @@
 #include <chrono>
 #include <cstdio>
 
-#include "common/log.h"
-
 namespace tpserve {
 
 using kernels::DType;
