@@ -9,6 +9,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin libucx-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
+  libpcre2-dev libutf8proc-dev sentencepiece
   libgtest-dev libgmock-dev
 )
 

@@ -13,5 +13,7 @@ using CommandMain = std::function<int(int argc, char** argv)>;
 CommandMain AddRunCommand(CLI::App& app);
 CommandMain AddServeCommand(CLI::App& app);
 CommandMain AddDoctorCommand(CLI::App& app);
+CommandMain AddTokenizeCommand(CLI::App& app);
+CommandMain AddDetokenizeCommand(CLI::App& app);
 
 }  // namespace tpserve

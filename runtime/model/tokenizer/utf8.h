@@ -1,0 +1,36 @@
+// UTF-8 helpers shared by the tokenizers: validation, lossy decoding of byte strings, and the
+// GPT-2 byte <-> character map used by byte-level BPE.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace tpserve::utf8 {
+
+// Length of the valid UTF-8 sequence starting at s[i], or 0 if none starts there (Unicode's
+// well-formed table: no overlongs, no surrogates, nothing above U+10FFFF).
+int ValidSequenceLength(std::string_view s, size_t i);
+// Index of the first byte that starts no valid sequence, or npos when all of s is valid.
+size_t FirstInvalid(std::string_view s);
+// Replaces every maximal ill-formed subpart with U+FFFD (as WHATWG TextDecoder and Rust's
+// from_utf8_lossy do).
+std::string Lossy(std::string_view bytes);
+// Appends the UTF-8 encoding of code point cp.
+void Append(std::string* out, uint32_t cp);
+// Byte length of the character whose lead byte is c (1 for bytes that cannot lead).
+int LeadLength(unsigned char c);
+
+inline constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
+
+// GPT-2's reversible byte -> printable character map (bytes_to_unicode).
+struct ByteLevelMap {
+  ByteLevelMap();
+  std::array<std::string, 256> byte_to_char;  // UTF-8 of the mapped character
+  // Inverse, indexed by code point (< 324); -1 where a code point is not a mapped byte.
+  std::array<int16_t, 324> char_to_byte;
+};
+const ByteLevelMap& GetByteLevelMap();
+
+}  // namespace tpserve::utf8
