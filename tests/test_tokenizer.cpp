@@ -30,11 +30,7 @@ fs::path GoldenDir() {
   return fs::path(TPSERVE_SOURCE_DIR) / "tests" / "data" / "tokenizer";
 }
 
-std::string Show(const std::vector<int32_t>& v) {
-  std::string s;
-  for (int32_t x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
-  return "[" + s + "]";
-}
+std::string Show(const std::vector<int32_t>& v) { return json(v).dump(); }
 
 struct GoldenParam {
   const char* golden;     // file in tests/data/tokenizer
