@@ -179,6 +179,7 @@ Collected GenerateAll(const ServerProcess& server, const tpserve::v1::GenerateRe
     ++c.messages;
     c.ids.insert(c.ids.end(), msg.token_ids().begin(), msg.token_ids().end());
     c.logprobs.insert(c.logprobs.end(), msg.logprobs().begin(), msg.logprobs().end());
+    c.text += msg.text();
     if (msg.has_final()) c.final = msg.final();
   }
   c.status = reader->Finish();

@@ -49,6 +49,7 @@ struct Collected {
   grpc::Status status;
   std::vector<int32_t> ids;
   std::vector<float> logprobs;
+  std::string text;  // the streamed text deltas, joined
   tpserve::v1::GenerateResponse::Final final;
   int messages = 0;
 };

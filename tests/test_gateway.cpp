@@ -11,8 +11,12 @@
 #include <random>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "model/synthetic.h"
+#include "model/tokenizer/chat_template.h"
+#include "model/tokenizer/tokenizer.h"
 #include "reflection_client.grpc.pb.h"
 #include "server_harness.h"
 #include "test_util.h"
@@ -420,6 +424,167 @@ TEST_F(Gateway, ThirtyTwoRandomArrivalsEqualTheirSoloResults) {
     const pb::ServerInfo info = server.Info();
     EXPECT_EQ(info.kv_cache_free_blocks(), info.kv_cache_total_blocks());
   }
+}
+
+// --- text: a tiny model that carries the shared Qwen3 tokenizer (tpserve-mkmodel --tokenizer) ---
+
+class GatewayText : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string shared = testing::SharedDir();
+    if (shared.empty()) return;
+    dir_ = testing::MakeTempDir("gwtext");
+    int rc = 0;
+    const std::string out = testing::RunCommand(
+        testing::BinDir() + "/tpserve-mkmodel --preset tiny --dtype f32 " +
+            "--arch qwen3 --seed 3 --tokenizer " + shared + "/tokenizers/qwen3 --out " + dir_ + "/model 2>&1",
+        &rc);
+    ASSERT_EQ(rc, 0) << out;
+    tok_ = std::move(LoadTokenizer(dir_ + "/model")).value();
+  }
+  static void TearDownTestSuite() {
+    tok_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  void SetUp() override {
+    if (!tok_) GTEST_SKIP() << "../shared (or $TPSERVE_SHARED) not found: no tokenizer fixture";
+  }
+  static std::string model() { return dir_ + "/model"; }
+  static pb::GenerateRequest TextRequest(const std::string& text, int max_new_tokens) {
+    pb::GenerateRequest r;
+    r.set_text(text);
+    r.set_max_new_tokens(max_new_tokens);
+    r.set_ignore_eos(true);
+    return r;
+  }
+  static std::string dir_;
+  static std::unique_ptr<Tokenizer> tok_;
+};
+std::string GatewayText::dir_;
+std::unique_ptr<Tokenizer> GatewayText::tok_;
+
+// Text, chat and id prompts meet in the same ids; the streamed text is the decode of the
+// streamed ids; stop strings end the stream just before the match, across token boundaries;
+// Tokenize/Detokenize are the same tokenizer; bad text requests get INVALID_ARGUMENT.
+TEST_F(GatewayText, TextChatStopStringsAndTokenizeRpcs) {
+  ServerProcess server(model(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::string prompt = "Once upon a time, in a land far away,";
+  const std::vector<int32_t> prompt_ids = *tok_->Encode(prompt, true);
+
+  Collected by_text = GenerateAll(server, TextRequest(prompt, 24));
+  ASSERT_TRUE(by_text.status.ok()) << by_text.status.error_message();
+  pb::GenerateRequest by_ids_req = GreedyRequest(prompt_ids, 24);
+  by_ids_req.set_ignore_eos(true);
+  Collected by_ids = GenerateAll(server, by_ids_req);
+  ASSERT_TRUE(by_ids.status.ok());
+  EXPECT_EQ(by_text.ids, by_ids.ids);
+  EXPECT_EQ(by_text.final.usage().prompt_tokens(), static_cast<int>(prompt_ids.size()));
+  EXPECT_EQ(by_text.text, tok_->Decode(by_text.ids, /*skip_special_tokens=*/true, false));
+
+  // `tpserve run --prompt` encodes the same way and prints the same text.
+  int rc = 0;
+  const std::string run =
+      testing::RunCommand("timeout 120 mpirun --oversubscribe --allow-run-as-root -np 1 " +
+                              testing::BinDir() + "/tpserve run --model-path " + model() + " --prompt '" +
+                              prompt + "' --max-new-tokens 24 --ignore-eos --json 2>/dev/null",
+                          &rc);
+  ASSERT_EQ(rc, 0) << run;
+  const auto run_json = nlohmann::json::parse(run.substr(run.find('{')));
+  EXPECT_EQ(run_json["token_ids"].get<std::vector<int32_t>>(), by_text.ids);
+  EXPECT_EQ(run_json["text"].get<std::string>(), by_text.text);
+
+  // A stop string made of the text of two adjacent tokens (so it crosses a token boundary).
+  const std::string full = by_text.text;
+  std::string stop;
+  for (size_t k = 2; k + 2 < by_text.ids.size() && stop.empty(); ++k) {
+    const std::vector<int32_t> pair(by_text.ids.begin() + k, by_text.ids.begin() + k + 2);
+    const std::string t = tok_->Decode(pair, true, false);
+    const std::string first = tok_->Decode(std::vector<int32_t>{pair[0]}, true, false);
+    if (t.size() >= 2 && first.size() >= 1 && first.size() < t.size() && ValidateUtf8(t).ok() &&
+        full.find(t) != std::string::npos) {
+      stop = t;
+    }
+  }
+  ASSERT_FALSE(stop.empty()) << "no two-token window of the output decodes on its own";
+  pb::GenerateRequest with_stop = TextRequest(prompt, 24);
+  with_stop.add_stop("no such text anywhere");
+  with_stop.add_stop(stop);
+  Collected stopped = GenerateAll(server, with_stop);
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.text, full.substr(0, full.find(stop))) << "stop " << nlohmann::json(stop).dump();
+  EXPECT_EQ(stopped.final.finish_reason(), pb::FINISH_REASON_STOP);
+  EXPECT_LT(stopped.ids.size(), by_text.ids.size());
+
+  // Chat: rendered with the model's template, encoded without extra BOS.
+  pb::GenerateRequest chat;
+  chat.set_max_new_tokens(6);
+  chat.set_ignore_eos(true);
+  auto* m1 = chat.mutable_chat()->add_messages();
+  m1->set_role("system");
+  m1->set_content("You are terse.");
+  auto* m2 = chat.mutable_chat()->add_messages();
+  m2->set_role("user");
+  m2->set_content("Name a colour.");
+  Collected by_chat = GenerateAll(server, chat);
+  ASSERT_TRUE(by_chat.status.ok()) << by_chat.status.error_message();
+  const std::string rendered =
+      *RenderChat(tok_->config(),
+                  {{"system", "You are terse.", std::nullopt}, {"user", "Name a colour.", std::nullopt}}, {});
+  pb::GenerateRequest chat_ids = GreedyRequest(*tok_->Encode(rendered, false), 6);
+  chat_ids.set_ignore_eos(true);
+  EXPECT_EQ(by_chat.ids, GenerateAll(server, chat_ids).ids);
+  EXPECT_EQ(by_chat.final.usage().prompt_tokens(), static_cast<int>(tok_->Encode(rendered, false)->size()));
+
+  // Tokenize / Detokenize RPCs.
+  auto stub = pb::TpServe::NewStub(server.channel());
+  {
+    grpc::ClientContext ctx;
+    pb::TokenizeRequest req;
+    req.set_text(prompt);
+    pb::TokenizeResponse resp;
+    ASSERT_TRUE(stub->Tokenize(&ctx, req, &resp).ok());
+    EXPECT_EQ(std::vector<int32_t>(resp.ids().begin(), resp.ids().end()), prompt_ids);
+  }
+  {
+    grpc::ClientContext ctx;
+    pb::TokenizeRequest req;
+    *req.mutable_chat() = chat.chat();
+    pb::TokenizeResponse resp;
+    ASSERT_TRUE(stub->Tokenize(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.rendered_chat(), rendered);
+  }
+  {
+    grpc::ClientContext ctx;
+    pb::DetokenizeRequest req;
+    for (int32_t id : by_text.ids) req.add_ids(id);
+    req.set_skip_special_tokens(true);
+    pb::DetokenizeResponse resp;
+    ASSERT_TRUE(stub->Detokenize(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.text(), tok_->Decode(by_text.ids, true));
+  }
+  {
+    grpc::ClientContext ctx;
+    pb::DetokenizeRequest req;
+    req.add_ids(tok_->vocab_size());
+    pb::DetokenizeResponse resp;
+    const grpc::Status st = stub->Detokenize(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find("outside the vocabulary"), std::string::npos) << st.error_message();
+  }
+
+  // Bad text requests, then the server still serves.
+  pb::GenerateRequest no_messages;
+  no_messages.set_max_new_tokens(4);
+  no_messages.mutable_chat();
+  ExpectRejected(server, no_messages, grpc::StatusCode::INVALID_ARGUMENT, "messages is empty");
+  pb::GenerateRequest empty_stop = TextRequest(prompt, 4);
+  empty_stop.add_stop("");
+  ExpectRejected(server, empty_stop, grpc::StatusCode::INVALID_ARGUMENT, "stop[0] is empty");
+  ExpectRejected(server, TextRequest("", 4), grpc::StatusCode::INVALID_ARGUMENT, "prompt is empty");
+  Collected again = GenerateAll(server, TextRequest(prompt, 24));
+  EXPECT_EQ(again.ids, by_text.ids);
+  EXPECT_EQ(server.Terminate(30), 0) << server.log();
 }
 
 }  // namespace

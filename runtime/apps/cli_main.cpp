@@ -1,5 +1,6 @@
 // tpserve-cli: a gRPC client for tpserve.
 //   tpserve-cli --addr 127.0.0.1:30000 generate --prompt-ids 1,2,3 --max-new-tokens 32 [--json]
+//   tpserve-cli generate --message system:Be brief --message user:Hi --stop '\n\n'
 //   tpserve-cli info | health
 #include <grpcpp/grpcpp.h>
 
@@ -170,10 +171,22 @@ int main(int argc, char** argv) {
   float temperature = 0, top_p = 1, min_p = 0, repetition_penalty = 1;
   int top_k = 0, max_new_tokens = 16;
   int64_t seed = -1;
-  bool ignore_eos = false, logprobs = false, json = false;
+  bool ignore_eos = false, logprobs = false, json = false, keep_special = false, no_gen_prompt = false;
+  std::vector<std::string> stops, messages;
+  std::string enable_thinking;
   CLI::App* gen = app.add_subcommand("generate", "Stream a generation");
   auto ids_opt = gen->add_option("--prompt-ids", ids, "Prompt token ids, e.g. 1,2,3")->delimiter(',');
-  gen->add_option("--prompt", text, "Prompt text (needs a server with a tokenizer)")->excludes(ids_opt);
+  auto text_opt =
+      gen->add_option("--prompt", text, "Prompt text (needs a server with a tokenizer)")->excludes(ids_opt);
+  gen->add_option("--message", messages,
+                  "A chat turn ROLE:CONTENT, repeatable (rendered with the model's chat template)")
+      ->excludes(ids_opt)
+      ->excludes(text_opt);
+  gen->add_flag("--no-generation-prompt", no_gen_prompt, "Chat: do not open an assistant turn");
+  gen->add_option("--enable-thinking", enable_thinking, "Chat (Qwen3): true or false")
+      ->check(CLI::IsMember({"true", "false"}));
+  gen->add_option("--stop", stops, "Stop string, repeatable (matched on the output text)");
+  gen->add_flag("--keep-special-tokens", keep_special, "Output text keeps special tokens");
   gen->add_option("--max-new-tokens", max_new_tokens)->capture_default_str();
   gen->add_option("--temperature", temperature, "0 = greedy")->capture_default_str();
   gen->add_option("--top-k", top_k);
@@ -195,6 +208,15 @@ int main(int argc, char** argv) {
   load->add_option("--max-new-tokens", max_new_tokens, "Tokens per request (EOS ignored)")
       ->capture_default_str();
   load->add_option("--seed", load_seed, "Seed of the random prompts")->capture_default_str();
+  std::string tok_text;
+  bool no_special = false;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "The server's tokenizer: text -> ids (JSON)");
+  tokenize->add_option("--text", tok_text, "Text to encode")->required();
+  tokenize->add_flag("--no-special-tokens", no_special, "Do not add BOS/EOS");
+  std::vector<int32_t> detok_ids;
+  CLI::App* detokenize = app.add_subcommand("detokenize", "The server's tokenizer: ids -> text (JSON)");
+  detokenize->add_option("--ids", detok_ids, "Token ids, e.g. 1,2,3")->delimiter(',')->required();
+  detokenize->add_flag("--skip-special-tokens", no_special, "Leave out special tokens");
   CLI::App* info = app.add_subcommand("info", "Model and server information (JSON)");
   CLI::App* health = app.add_subcommand("health", "grpc.health.v1 Check; exit 0 when SERVING");
   CLI11_PARSE(app, argc, argv);
@@ -206,6 +228,20 @@ int main(int argc, char** argv) {
   if (gen->parsed()) {
     if (!text.empty()) {
       req.set_text(text);
+    } else if (!messages.empty()) {
+      auto* chat = req.mutable_chat();
+      for (const std::string& m : messages) {
+        const size_t colon = m.find(':');
+        if (colon == std::string::npos) {
+          std::cerr << "tpserve-cli: --message '" << m << "' is not ROLE:CONTENT (e.g. user:Hello)\n";
+          return 2;
+        }
+        auto* msg = chat->add_messages();
+        msg->set_role(m.substr(0, colon));
+        msg->set_content(m.substr(colon + 1));
+      }
+      if (no_gen_prompt) chat->set_add_generation_prompt(false);
+      if (!enable_thinking.empty()) chat->set_enable_thinking(enable_thinking == "true");
     } else {
       for (int32_t id : ids) req.mutable_token_ids()->add_ids(id);
     }
@@ -218,21 +254,36 @@ int main(int argc, char** argv) {
     if (seed >= 0) s->set_seed(static_cast<uint64_t>(seed));
     req.set_max_new_tokens(max_new_tokens);
     for (int32_t id : stop_ids) req.add_stop_token_ids(id);
+    for (const std::string& stop : stops) req.add_stop(stop);
+    if (keep_special) req.set_skip_special_tokens(false);
     req.set_ignore_eos(ignore_eos);
     req.set_logprobs(logprobs);
     auto stub = pb::TpServe::NewStub(channel);
+    // Stream text when the server has a tokenizer, ids otherwise.
+    bool print_text = false;
+    if (!json) {
+      grpc::ClientContext c0;
+      Prepare(common, &c0);
+      pb::ModelInfo mi;
+      if (auto st = stub->GetModelInfo(&c0, pb::GetModelInfoRequest(), &mi); !st.ok()) return Fail(st);
+      print_text = mi.has_tokenizer();
+    }
     grpc::ClientContext ctx;
     Prepare(common, &ctx);
     auto reader = stub->Generate(&ctx, req);
     pb::GenerateResponse msg;
+    std::string out_text;
     std::vector<int32_t> out_ids;
     std::vector<float> out_lp;
     nlohmann::json final_json;
     while (reader->Read(&msg)) {
       for (int i = 0; i < msg.token_ids_size(); ++i) {
         out_ids.push_back(msg.token_ids(i));
-        if (!json) std::cout << (out_ids.size() > 1 ? " " : "") << msg.token_ids(i) << std::flush;
+        if (!json && !print_text)
+          std::cout << (out_ids.size() > 1 ? " " : "") << msg.token_ids(i) << std::flush;
       }
+      out_text += msg.text();
+      if (print_text) std::cout << msg.text() << std::flush;
       out_lp.insert(out_lp.end(), msg.logprobs().begin(), msg.logprobs().end());
       if (msg.has_final()) {
         const auto& u = msg.final().usage();
@@ -251,11 +302,35 @@ int main(int argc, char** argv) {
     }
     if (json) {
       final_json["token_ids"] = out_ids;
+      final_json["text"] = out_text;
       if (logprobs) final_json["logprobs"] = out_lp;
-      std::cout << final_json.dump() << std::endl;
+      std::cout << final_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     } else {
       std::cout << "\n[finish_reason: " << final_json["finish_reason"].get<std::string>() << "]" << std::endl;
     }
+    return 0;
+  }
+  if (tokenize->parsed() || detokenize->parsed()) {
+    auto stub = pb::TpServe::NewStub(channel);
+    grpc::ClientContext ctx;
+    Prepare(common, &ctx);
+    nlohmann::json out;
+    if (tokenize->parsed()) {
+      pb::TokenizeRequest r;
+      r.set_text(tok_text);
+      if (no_special) r.set_add_special_tokens(false);
+      pb::TokenizeResponse resp;
+      if (auto st = stub->Tokenize(&ctx, r, &resp); !st.ok()) return Fail(st);
+      out["ids"] = std::vector<int32_t>(resp.ids().begin(), resp.ids().end());
+    } else {
+      pb::DetokenizeRequest r;
+      for (int32_t id : detok_ids) r.add_ids(id);
+      r.set_skip_special_tokens(no_special);
+      pb::DetokenizeResponse resp;
+      if (auto st = stub->Detokenize(&ctx, r, &resp); !st.ok()) return Fail(st);
+      out["text"] = resp.text();
+    }
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     return 0;
   }
   if (info->parsed()) {

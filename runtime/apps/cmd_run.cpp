@@ -20,17 +20,51 @@ struct RunFlags {
   bool json = false;
 };
 
+// Rank 0 encodes a text prompt and broadcasts the ids; every rank agrees on errors first.
+Result<std::vector<int32_t>> SharePrompt(Job& job, const std::string& text, const Tokenizer* tok) {
+  Status st;
+  std::vector<int32_t> ids;
+  if (job.leader() && tok != nullptr) {
+    auto r = tok->Encode(text, true);
+    if (r.ok()) {
+      ids = std::move(r).value();
+    } else {
+      st = r.status().WithContext("--prompt");
+    }
+  }
+  if (!AllOk(*job.world, st)) return TPS_ERROR("--prompt could not be encoded");
+  uint64_t n = ids.size();
+  TPS_RETURN_IF_ERROR(job.world->Broadcast(&n, sizeof(n), 0));
+  ids.resize(n);
+  TPS_RETURN_IF_ERROR(job.world->Broadcast(ids.data(), n * sizeof(int32_t), 0));
+  return ids;
+}
+
 int Run(const RunFlags& f, int argc, char** argv) {
   Status prompt_check;
-  if (!f.prompt.empty()) {
-    prompt_check =
-        TPS_ERROR("--prompt needs a tokenizer, which this build does not load yet; pass --prompt-ids");
-  } else if (f.prompt_ids.empty()) {
-    prompt_check = TPS_ERROR("give the prompt as --prompt-ids 1,2,3 (or --prompt TEXT)");
+  if (f.prompt.empty() && f.prompt_ids.empty()) {
+    prompt_check = TPS_ERROR("give the prompt as --prompt-ids 1,2,3 or --prompt TEXT");
   }
   Job job;
   if (int rc = StartJob(f.job, argc, argv, &job, prompt_check); rc != 0) return rc;
-  const std::vector<int32_t>& prompt = f.prompt_ids;
+  // The tokenizer lives on rank 0 only: it encodes --prompt and decodes the output text.
+  std::unique_ptr<Tokenizer> tok;
+  Status tok_status;
+  if (job.leader()) {
+    auto r = LoadJobTokenizer(f.job, job.model->config().vocab_size, !f.prompt.empty());
+    if (r.ok()) {
+      tok = std::move(r).value();
+    } else {
+      tok_status = r.status();
+    }
+  }
+  if (!AllOk(*job.world, tok_status)) return 1;
+  std::vector<int32_t> prompt = f.prompt_ids;
+  if (!f.prompt.empty()) {
+    auto ids = SharePrompt(job, f.prompt, tok.get());
+    if (!ids.ok()) return 1;
+    prompt = std::move(ids).value();
+  }
   if (!AllOk(*job.world, ValidateGenerateRequest(*job.model, prompt, f.gen))) return 1;
 
   auto result = Generate(*job.model, prompt, f.gen);
@@ -43,6 +77,7 @@ int Run(const RunFlags& f, int argc, char** argv) {
     const double tps = r.decode_seconds > 0 ? (r.token_ids.size() - 1) / r.decode_seconds : 0.0;
     log::Info("{} prompt + {} generated tokens, tp={}, prefill {:.1f} ms, decode {:.1f} tok/s", prompt.size(),
               r.token_ids.size(), job.tp->size(), r.prefill_seconds * 1e3, tps);
+    const std::string text = tok ? tok->Decode(r.token_ids, /*skip_special_tokens=*/true) : "";
     if (f.json) {
       nlohmann::json out = {{"token_ids", r.token_ids},
                             {"finish_reason", r.finish_reason},
@@ -51,7 +86,10 @@ int Run(const RunFlags& f, int argc, char** argv) {
                               {"completion_tokens", r.token_ids.size()},
                               {"time_to_first_token_s", r.prefill_seconds},
                               {"decode_time_s", r.decode_seconds}}}};
-      std::cout << out.dump() << std::endl;
+      if (tok) out["text"] = text;
+      std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+    } else if (tok) {
+      std::cout << text << "\n[finish_reason: " << r.finish_reason << "]" << std::endl;
     } else {
       for (size_t i = 0; i < r.token_ids.size(); ++i) std::cout << (i ? " " : "") << r.token_ids[i];
       std::cout << "\n[finish_reason: " << r.finish_reason << "]" << std::endl;
@@ -68,7 +106,9 @@ CommandMain AddRunCommand(CLI::App& app) {
       app.add_subcommand("run", "Generate once for a prompt (under mpirun; rank 0 prints the result)");
   AddJobFlags(cmd, &f->job);
   auto ids = cmd->add_option("--prompt-ids", f->prompt_ids, "Prompt token ids, e.g. 1,2,3")->delimiter(',');
-  cmd->add_option("--prompt", f->prompt, "Prompt text (needs the model's tokenizer)")->excludes(ids);
+  cmd->add_option("--prompt", f->prompt,
+                  "Prompt text, encoded with the model's tokenizer (BOS added as it says)")
+      ->excludes(ids);
   cmd->add_option("--max-new-tokens", f->gen.max_new_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", f->gen.sampling.temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", f->gen.sampling.top_k, "Keep the k most likely tokens (0 = off)");

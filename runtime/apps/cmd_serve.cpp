@@ -39,7 +39,15 @@ struct ServeFlags {
 // Rank 0 only: the gateway, with the facts GetModelInfo / GetServerInfo report.
 Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaModel& model,
                     BatchEngine& engine, RequestQueue& queue, ServerCounters& counters,
-                    std::unique_ptr<Gateway>* out) {
+                    std::unique_ptr<Tokenizer>* tokenizer, std::unique_ptr<Gateway>* out) {
+  TPS_ASSIGN_OR_RETURN(*tokenizer, LoadJobTokenizer(f.job, model.config().vocab_size, false));
+  if (*tokenizer) {
+    log::Info("tokenizer: {} ({} tokens, chat template: {})", (*tokenizer)->config().source,
+              (*tokenizer)->vocab_size(), (*tokenizer)->config().chat_template.empty() ? "none" : "present");
+  } else {
+    log::Info("no tokenizer in {}: requests must send token ids (or start with --tokenizer FILE)",
+              f.job.load.model_path);
+  }
   {
     std::lock_guard<std::mutex> lock(counters.mu);
     counters.engine = engine.stats();
@@ -52,9 +60,11 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
   info.context_length = engine.context_length();
   info.parallel = pc;
   info.cpu_isa = kernels::ActiveKernels().isa;
+  info.tokenizer = tokenizer->get();
   info.flags = {{"model_path", f.job.load.model_path},
                 {"tp", std::to_string(pc.tp_size)},
                 {"partition", f.job.load.partition_path},
+                {"tokenizer", *tokenizer ? (*tokenizer)->config().source : ""},
                 {"dtype", f.job.load.dtype},
                 {"host", f.gateway.host},
                 {"port", std::to_string(f.gateway.port)},
@@ -142,9 +152,11 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   // Rank 0 starts the gateway; every rank then agrees on the outcome (a taken port fails all).
   RequestQueue queue(f.max_queued_requests);
   ServerCounters counters;
+  std::unique_ptr<Tokenizer> tokenizer;  // declared before the gateway, which uses it
   std::unique_ptr<Gateway> gateway;
   Status gateway_status =
-      job.leader() ? StartGateway(f, job.parallel, model, engine, queue, counters, &gateway) : Status();
+      job.leader() ? StartGateway(f, job.parallel, model, engine, queue, counters, &tokenizer, &gateway)
+                   : Status();
   if (!AllOk(*job.world, gateway_status)) return 1;
   if (!job.leader()) {
     Status st = RunEngineLoopFollower(engine, *job.tp);

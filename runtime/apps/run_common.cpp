@@ -22,10 +22,30 @@ void AddJobFlags(CLI::App* cmd, JobFlags* f) {
       ->capture_default_str();
   cmd->add_flag("--enable-deterministic-inference", f->deterministic,
                 "Batch-invariant results: all-reduces sum in rank order (kernels already are per-row)");
+  cmd->add_option("--tokenizer", f->tokenizer,
+                  "tokenizer.json / tokenizer.model (default: the one in --model-path, if any)");
   cmd->add_option("--nnodes", f->launch.nnodes, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--node-rank", f->launch.node_rank, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--dist-init-addr", f->launch.dist_init_addr,
                   "Accepted for SGLang compatibility; MPI needs none");
+}
+
+Result<std::unique_ptr<Tokenizer>> LoadJobTokenizer(const JobFlags& f, int model_vocab_size, bool required) {
+  const std::string& path = f.tokenizer.empty() ? f.load.model_path : f.tokenizer;
+  if (f.tokenizer.empty() && !HasTokenizerFiles(path)) {
+    if (!required) return std::unique_ptr<Tokenizer>();
+    return TPS_ERROR(
+        "{} has no tokenizer.json or tokenizer.model, which text prompts need; pass --tokenizer FILE "
+        "or give --prompt-ids",
+        path);
+  }
+  TPS_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, LoadTokenizer(path));
+  if (tok->vocab_size() > model_vocab_size) {
+    return TPS_ERROR(
+        "tokenizer {} has {} tokens but the model's vocab_size is {}: it belongs to another model",
+        tok->config().source, tok->vocab_size(), model_vocab_size);
+  }
+  return tok;
 }
 
 int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& extra_check) {

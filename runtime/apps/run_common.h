@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "engine/llama.h"
 #include "engine/loader.h"
+#include "model/tokenizer/tokenizer.h"
 
 namespace tpserve {
 
@@ -23,6 +24,7 @@ struct JobFlags {
   int tp = 0;  // 0: the whole world
   int dp = 1, pp = 1;
   bool deterministic = false;  // --enable-deterministic-inference
+  std::string tokenizer;       // --tokenizer: a file or directory; default: the model directory's
 };
 
 // Declared in teardown order: the model and groups go before MPI_Finalize (env).
@@ -41,6 +43,11 @@ void AddJobFlags(CLI::App* cmd, JobFlags* flags);
 // Returns 0 with *job ready, or the exit code (the error was printed by the ranks that saw it).
 // `extra_check` runs on every rank before loading (e.g. prompt flags); its error is agreed on too.
 int StartJob(const JobFlags& flags, int argc, char** argv, Job* job, const Status& extra_check = Status());
+
+// The model's tokenizer (rank 0 uses it): --tokenizer, else the model directory's files. Returns
+// null when there are none and `required` is false. Checks that its ids fit the model's vocab.
+Result<std::unique_ptr<Tokenizer>> LoadJobTokenizer(const JobFlags& flags, int model_vocab_size,
+                                                    bool required);
 
 // Every rank reached the same point: false on all ranks if any rank failed (each failing rank
 // prints its own error first). Aborts the job if the agreement itself fails.

@@ -73,8 +73,9 @@ Result<ModelConfig> SyntheticConfig(const SyntheticSpec& spec) {
   c.attention_bias = spec.arch == "qwen2";
   c.qk_norm = spec.arch == "qwen3";
   c.tie_word_embeddings = spec.tie_word_embeddings;
-  c.bos_token_id = 1;
-  c.eos_token_ids = {2};
+  c.bos_token_id = spec.bos_token_id >= 0 ? spec.bos_token_id : 1;
+  c.eos_token_ids = {spec.eos_token_id >= 0 ? spec.eos_token_id : 2};
+  if (spec.vocab_size > 0) c.vocab_size = spec.vocab_size;
   c.torch_dtype = spec.dtype == DType::kF32 ? "float32" : spec.dtype == DType::kF16 ? "float16" : "bfloat16";
   if (spec.llama3_rope_scaling) {
     c.rope_scaling.type = RopeScaling::Type::kLlama3;

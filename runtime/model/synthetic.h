@@ -19,6 +19,8 @@ struct SyntheticSpec {
   std::string arch = "llama";  // llama | qwen2 (q/k/v bias) | qwen3 (qk-norm)
   bool tie_word_embeddings = false;
   bool llama3_rope_scaling = false;
+  // Overrides for a model that ships a real tokenizer (tpserve-mkmodel --tokenizer); -1: preset.
+  int vocab_size = -1, bos_token_id = -1, eos_token_id = -1;
 };
 
 std::vector<std::string> SyntheticPresets();

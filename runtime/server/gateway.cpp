@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
 
 #include "common/log.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "model/tokenizer/chat_template.h"
 #include "tpserve.grpc.pb.h"
 
 namespace tpserve {
@@ -53,19 +55,67 @@ struct Shared {
   }
 };
 
+std::vector<ChatMessage> ToMessages(const pb::Chat& chat) {
+  std::vector<ChatMessage> out;
+  for (const pb::ChatMessage& m : chat.messages()) {
+    out.push_back(
+        {m.role(), m.content(),
+         m.has_reasoning_content() ? std::optional<std::string>(m.reasoning_content()) : std::nullopt});
+  }
+  return out;
+}
+
+// Text (with BOS etc. unless add_special_tokens is false) or a chat rendered with the model's
+// template (which writes BOS itself) -> prompt ids. *rendered gets the chat text.
+grpc::Status EncodeInput(const Shared& sh, const std::string* text, const pb::Chat* chat,
+                         bool add_special_tokens, std::vector<int32_t>* ids,
+                         std::string* rendered = nullptr) {
+  const Tokenizer* tok = sh.info.tokenizer;
+  if (tok == nullptr) {
+    return Invalid(
+        "text and chat prompts need the model's tokenizer, and this server has none (no tokenizer.json "
+        "or tokenizer.model in the model directory; start it with --tokenizer FILE); send token_ids");
+  }
+  Result<std::vector<int32_t>> r = std::vector<int32_t>();
+  if (chat != nullptr) {
+    ChatOptions opt;
+    opt.add_generation_prompt = chat->has_add_generation_prompt() ? chat->add_generation_prompt() : true;
+    if (chat->has_enable_thinking()) opt.enable_thinking = chat->enable_thinking();
+    auto prompt = RenderChat(tok->config(), ToMessages(*chat), opt);
+    if (!prompt.ok()) return Invalid(prompt.status().message());
+    r = tok->Encode(*prompt, false);
+    if (rendered != nullptr) *rendered = std::move(prompt).value();
+  } else {
+    r = tok->Encode(*text, add_special_tokens);
+  }
+  if (!r.ok()) return Invalid(r.status().message());
+  *ids = std::move(r).value();
+  return grpc::Status::OK;
+}
+
 // GenerateRequest -> RequestSpec, or INVALID_ARGUMENT naming the field.
 grpc::Status ToSpec(const Shared& sh, const pb::GenerateRequest& req, RequestSpec* spec) {
+  const bool add_special = req.has_add_special_tokens() ? req.add_special_tokens() : true;
   switch (req.prompt_case()) {
     case pb::GenerateRequest::kText:
-      return Invalid(
-          "text prompts need the model's tokenizer, which this server does not load; send token_ids");
+      if (req.text().empty()) return Invalid("the prompt is empty: set text, chat or token_ids");
+      if (auto st = EncodeInput(sh, &req.text(), nullptr, add_special, &spec->prompt); !st.ok()) return st;
+      break;
+    case pb::GenerateRequest::kChat:
+      if (auto st = EncodeInput(sh, nullptr, &req.chat(), false, &spec->prompt); !st.ok()) return st;
+      break;
     case pb::GenerateRequest::kTokenIds:
       spec->prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
       break;
     default:
-      return Invalid("the prompt is empty: set token_ids (or text)");
+      return Invalid("the prompt is empty: set text, chat or token_ids");
   }
-  if (req.stop_size() > 0) return Invalid("stop strings need the model's tokenizer; use stop_token_ids");
+  if (req.stop_size() > 0 && sh.info.tokenizer == nullptr) {
+    return Invalid("stop strings need the model's tokenizer, and this server has none; use stop_token_ids");
+  }
+  for (int i = 0; i < req.stop_size(); ++i) {
+    if (req.stop(i).empty()) return Invalid(fmt::format("stop[{}] is empty", i));
+  }
   const int max_prompt =
       sh.opts.max_prompt_tokens > 0 ? sh.opts.max_prompt_tokens : sh.info.context_length - 1;
   if (static_cast<int>(spec->prompt.size()) > max_prompt) {
@@ -108,6 +158,12 @@ class TpServeService final : public pb::TpServe::Service {
     if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ch_or.status().message());
     std::shared_ptr<RequestChannel> ch = std::move(ch_or).value();
     int completion = 0;
+    // Output text and stop strings (rank 0 only: the engine works in ids).
+    std::optional<TextStreamer> text;
+    if (sh_.info.tokenizer != nullptr) {
+      text.emplace(*sh_.info.tokenizer, std::vector<std::string>(req->stop().begin(), req->stop().end()),
+                   req->has_skip_special_tokens() ? req->skip_special_tokens() : true);
+    }
     for (;;) {
       // Short waits so a client that cancels or disconnects is noticed within a few ms.
       StreamUpdate up = ch->Wait(std::chrono::milliseconds(5));
@@ -118,15 +174,26 @@ class TpServeService final : public pb::TpServe::Service {
       if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, up.abort_message);
       if (up.tokens.empty() && !up.done()) continue;
       pb::GenerateResponse msg;
+      FinishReason finish = up.finish;
       for (size_t i = 0; i < up.tokens.size(); ++i) {
         msg.add_token_ids(up.tokens[i]);
         if (req->logprobs()) msg.add_logprobs(up.logprobs[i]);
+        ++completion;
+        if (!text) continue;
+        TextStreamer::Delta d = text->Add(up.tokens[i]);
+        msg.mutable_text()->append(d.text);
+        if (d.stopped) {  // a stop string: this request ends here, whatever the engine does next
+          finish = FinishReason::kStop;
+          sh_.queue->Cancel(ch->id());
+          break;
+        }
       }
-      completion += static_cast<int>(up.tokens.size());
-      if (up.finish != FinishReason::kNone) {
+      if (text && up.finish != FinishReason::kNone && finish == up.finish)
+        msg.mutable_text()->append(text->Finish());
+      if (finish != FinishReason::kNone) {
         auto* fin = msg.mutable_final();
-        fin->set_finish_reason(up.finish == FinishReason::kStop ? pb::FINISH_REASON_STOP
-                                                                : pb::FINISH_REASON_LENGTH);
+        fin->set_finish_reason(finish == FinishReason::kStop ? pb::FINISH_REASON_STOP
+                                                             : pb::FINISH_REASON_LENGTH);
         auto* u = fin->mutable_usage();
         u->set_prompt_tokens(prompt_tokens);
         u->set_completion_tokens(completion);
@@ -137,8 +204,40 @@ class TpServeService final : public pb::TpServe::Service {
         sh_.queue->Cancel(ch->id());
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client disconnected");
       }
-      if (up.finish != FinishReason::kNone) return grpc::Status::OK;
+      if (finish != FinishReason::kNone) return grpc::Status::OK;
     }
+  }
+
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const pb::TokenizeRequest* req,
+                        pb::TokenizeResponse* out) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    std::vector<int32_t> ids;
+    grpc::Status st;
+    if (req->input_case() == pb::TokenizeRequest::kChat) {
+      st = EncodeInput(sh_, nullptr, &req->chat(), false, &ids, out->mutable_rendered_chat());
+    } else {
+      st = EncodeInput(sh_, &req->text(), nullptr,
+                       req->has_add_special_tokens() ? req->add_special_tokens() : true, &ids);
+    }
+    if (!st.ok()) return st;
+    out->mutable_ids()->Add(ids.begin(), ids.end());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const pb::DetokenizeRequest* req,
+                          pb::DetokenizeResponse* out) override {
+    if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
+    const Tokenizer* tok = sh_.info.tokenizer;
+    if (tok == nullptr) return Invalid("this server has no tokenizer (start it with --tokenizer FILE)");
+    for (int i = 0; i < req->ids_size(); ++i) {
+      if (req->ids(i) < 0 || req->ids(i) >= tok->vocab_size()) {
+        return Invalid(
+            fmt::format("ids[{}] = {} is outside the vocabulary [0, {})", i, req->ids(i), tok->vocab_size()));
+      }
+    }
+    const std::vector<int32_t> ids(req->ids().begin(), req->ids().end());
+    out->set_text(tok->Decode(ids, req->skip_special_tokens()));
+    return grpc::Status::OK;
   }
 
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const pb::GetModelInfoRequest*,
@@ -156,7 +255,11 @@ class TpServeService final : public pb::TpServe::Service {
     out->set_weight_dtype(sh_.info.weight_dtype);
     out->set_bos_token_id(c.bos_token_id);
     for (int id : c.eos_token_ids) out->add_eos_token_ids(id);
-    out->set_has_tokenizer(false);
+    if (const Tokenizer* tok = sh_.info.tokenizer) {
+      out->set_has_tokenizer(true);
+      out->set_tokenizer_source(tok->config().source);
+      out->set_chat_template_name(ChatTemplateName(tok->config().chat_template));
+    }
     return grpc::Status::OK;
   }
 

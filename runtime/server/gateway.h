@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "engine/step_plan.h"
 #include "model/config.h"
+#include "model/tokenizer/tokenizer.h"
 #include "server/engine_loop.h"
 #include "server/request_queue.h"
 
@@ -35,6 +36,7 @@ struct GatewayInfo {
   ParallelConfig parallel;
   std::map<std::string, std::string> flags;
   std::string cpu_isa;
+  const Tokenizer* tokenizer = nullptr;  // text prompts, chat, stop strings and output text; may be null
 };
 
 class Gateway {
