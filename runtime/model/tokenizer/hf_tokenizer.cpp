@@ -69,6 +69,8 @@ class Regex {
   bool jit_ = false;
 };
 
+constexpr std::string_view kMetaspaceMark = "\xE2\x96\x81";  // U+2581
+
 // GPT-2's split pattern, used by a ByteLevel pre-tokenizer with use_regex = true.
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
@@ -118,6 +120,40 @@ std::string ReplaceAll(std::string_view s, std::string_view from, std::string_vi
   return out;
 }
 
+// NFC through utf8proc, applied only to the stretches that hold non-ASCII text (each with the
+// ASCII character before it, which may be the starter a combining mark composes with). ASCII
+// never composes with what precedes it, so the rest stays as it is.
+std::string Nfc(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = i;
+    while (j < s.size() && static_cast<unsigned char>(s[j]) < 0x80) ++j;
+    if (j == s.size()) {
+      out.append(s, i, j - i);
+      break;
+    }
+    const size_t begin = j > i ? j - 1 : j;  // keep the ASCII starter with the run
+    out.append(s, i, begin - i);
+    size_t end = j;
+    while (end < s.size() && static_cast<unsigned char>(s[end]) >= 0x80) ++end;
+    utf8proc_uint8_t* dst = nullptr;
+    const utf8proc_ssize_t len =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + begin),
+                     static_cast<utf8proc_ssize_t>(end - begin), &dst,
+                     static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+    if (len >= 0) {
+      out.append(reinterpret_cast<const char*>(dst), static_cast<size_t>(len));
+    } else {
+      out.append(s, begin, end - begin);
+    }
+    free(dst);
+    i = end;
+  }
+  return out;
+}
+
 bool IsSpaceByte(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
@@ -163,13 +199,15 @@ class HfTokenizer final : public Tokenizer {
   }
 
   std::string path_;
-  std::unordered_map<std::string, int32_t> vocab_;
+  std::unordered_map<std::string, int32_t, utf8::StringHash, std::equal_to<>> vocab_;
   std::vector<std::string> id_to_token_;
   std::vector<uint8_t> special_, added_;                              // per id
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (a,b) -> (rank, merged id)
   std::array<int32_t, 256> byte_ids_{};  // <0xNN> tokens for byte_fallback, -1 if absent
+  std::vector<int32_t> char_ids_;        // one-character tokens by code point (< U+0800), -1 if absent
   int32_t unk_id_ = -1;
   bool byte_fallback_ = false, fuse_unk_ = false, ignore_merges_ = false;
+  bool word_split_ = false;  // no pre-tokenizer, and no token has "▁" after another character
 
   std::vector<Normalizer> normalizers_;
   std::vector<PreTokenizer> pre_tokenizers_;
@@ -180,7 +218,7 @@ class HfTokenizer final : public Tokenizer {
   std::array<std::vector<int>, 256> added_by_first_byte_;  // indices, longest first
 
   mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, utf8::StringHash, std::equal_to<>> cache_;
 };
 
 Status HfTokenizer::Load(const std::string& path, const std::string& config_path) {
@@ -207,6 +245,9 @@ Status HfTokenizer::Load(const std::string& path, const std::string& config_path
     TPS_RETURN_IF_ERROR(ParsePreTokenizer(j.value("pre_tokenizer", json()), "pre_tokenizer"));
     TPS_RETURN_IF_ERROR(ParseDecoder(j.value("decoder", json()), "decoder"));
     TPS_RETURN_IF_ERROR(ParsePostProcessor(j.value("post_processor", json()), "post_processor"));
+    word_split_ = pre_tokenizers_.empty() && std::all_of(vocab_.begin(), vocab_.end(), [](const auto& kv) {
+                    return utf8::MarkOnlyLeads(kv.first, kMetaspaceMark);
+                  });
   } catch (const json::exception& e) {
     return TPS_ERROR("{}: unexpected value type ({}); the file does not follow the tokenizer.json schema",
                      path, e.what());
@@ -293,6 +334,13 @@ Status HfTokenizer::ParseModel(const json& m) {
                        m["unk_token"].get<std::string>());
     }
     unk_id_ = it->second;
+  }
+  char_ids_.assign(0x800, -1);
+  for (const auto& [tok, id] : vocab_) {
+    int len = 0;
+    if (tok.size() <= 2 && utf8::ValidSequenceLength(tok, 0) == static_cast<int>(tok.size())) len = tok.size();
+    if (len == 1) char_ids_[static_cast<unsigned char>(tok[0])] = id;
+    if (len == 2) char_ids_[((tok[0] & 0x1F) << 6) | (tok[1] & 0x3F)] = id;
   }
   byte_ids_.fill(-1);
   if (byte_fallback_) {
@@ -536,15 +584,9 @@ std::string HfTokenizer::Normalize(std::string_view s, bool /*at_start*/) const 
   std::string out(s);
   for (const Normalizer& n : normalizers_) {
     switch (n.kind) {
-      case Normalizer::Kind::kNfc: {
-        utf8proc_uint8_t* dst = nullptr;
-        const utf8proc_ssize_t len = utf8proc_map(
-            reinterpret_cast<const utf8proc_uint8_t*>(out.data()), static_cast<utf8proc_ssize_t>(out.size()),
-            &dst, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-        if (len >= 0) out.assign(reinterpret_cast<const char*>(dst), static_cast<size_t>(len));
-        free(dst);
+      case Normalizer::Kind::kNfc:
+        out = Nfc(out);
         break;
-      }
       case Normalizer::Kind::kLowercase: {
         std::string low;
         for (size_t i = 0; i < out.size();) {
@@ -560,7 +602,7 @@ std::string HfTokenizer::Normalize(std::string_view s, bool /*at_start*/) const 
         break;
       }
       case Normalizer::Kind::kPrepend:
-        if (!out.empty()) out.insert(0, n.a);
+        if (!out.empty()) out = n.a + out;
         break;
       case Normalizer::Kind::kReplace:
         out = ReplaceAll(out, n.a, n.b);
@@ -582,7 +624,7 @@ void HfTokenizer::PreTokenize(std::string s, bool at_start, std::vector<std::str
         const bool prepend =
             p.prepend_scheme == "always" || (p.prepend_scheme == "first" && at_start && pi == 0);
         if (prepend && !m.empty() && m.compare(0, p.replacement.size(), p.replacement) != 0)
-          m.insert(0, p.replacement);
+          m = p.replacement + m;
         if (!p.split) {
           next.push_back(std::move(m));
           continue;
@@ -600,7 +642,7 @@ void HfTokenizer::PreTokenize(std::string s, bool at_start, std::vector<std::str
       std::vector<std::string> parts;
       if (p.kind == PreTokenizer::Kind::kByteLevel && p.add_prefix_space && !piece.empty() &&
           piece[0] != ' ') {
-        piece.insert(0, " ");
+        piece = " " + piece;
       }
       if (p.regex) {
         size_t last = 0;
@@ -692,9 +734,15 @@ void HfTokenizer::BpeUncached(const std::string& word, std::vector<int32_t>* out
   };
   for (size_t i = 0; i < word.size();) {
     const int len = std::max(1, utf8::ValidSequenceLength(word, i));
-    auto it = vocab_.find(word.substr(i, len));
-    if (it != vocab_.end()) {
-      push(it->second);
+    int32_t id = -1;
+    if (len <= 2) {  // the common case (ASCII, byte-level characters): a table
+      id = char_ids_[len == 1 ? static_cast<unsigned char>(word[i]) : ((word[i] & 0x1F) << 6) | (word[i + 1] & 0x3F)];
+    } else {
+      auto it = vocab_.find(std::string_view(word).substr(i, len));
+      if (it != vocab_.end()) id = it->second;
+    }
+    if (id >= 0) {
+      push(id);
       last_unk = false;
     } else if (byte_fallback_ && std::all_of(word.begin() + i, word.begin() + i + len, [this](char c) {
                  return byte_ids_[static_cast<unsigned char>(c)] >= 0;
@@ -754,7 +802,13 @@ Result<std::vector<int32_t>> HfTokenizer::Encode(std::string_view text, bool add
     pieces.clear();
     PreTokenize(Normalize(text.substr(seg.begin, seg.end - seg.begin), seg.begin == 0), seg.begin == 0,
                 &pieces);
-    for (const std::string& piece : pieces) Bpe(piece, &ids);
+    for (const std::string& piece : pieces) {
+      if (word_split_) {  // SentencePiece-style: BPE word by word (cached) gives the same ids
+        utf8::ForEachMarkWord(piece, kMetaspaceMark, [&](std::string_view w) { Bpe(std::string(w), &ids); });
+      } else {
+        Bpe(piece, &ids);
+      }
+    }
   }
   if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;

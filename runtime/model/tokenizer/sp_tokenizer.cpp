@@ -6,6 +6,7 @@
 // with libsentencepiece's spm_encode in a separate process.
 #include <algorithm>
 #include <fstream>
+#include <mutex>
 #include <queue>
 #include <sstream>
 #include <unordered_map>
@@ -33,18 +34,28 @@ class SentencePieceTokenizer final : public Tokenizer {
  private:
   using Type = spm::ModelProto::SentencePiece;
   std::string Normalize(std::string_view text) const;
+  // BPE over one stretch of normalized text (a whole text, or one word when word_split_).
+  void EncodeWord(std::string_view word, std::vector<int32_t>* ids) const;
+  void EncodeWordCached(std::string_view word, std::vector<int32_t>* ids) const;
 
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<int> types_;
-  std::unordered_map<std::string, int32_t> normal_;    // NORMAL, USER_DEFINED, UNUSED: mergeable
-  std::unordered_map<std::string, int32_t> reserved_;  // CONTROL, UNKNOWN, BYTE
+  template <typename V>
+  using PieceMapOf = std::unordered_map<std::string, V, utf8::StringHash, std::equal_to<>>;
+  using PieceMap = PieceMapOf<int32_t>;
+  PieceMap normal_;    // NORMAL, USER_DEFINED, UNUSED: mergeable
+  PieceMap reserved_;  // CONTROL, UNKNOWN, BYTE
   std::vector<std::string> user_defined_;              // matched whole, longest first
   std::array<int32_t, 256> byte_ids_{};
   int32_t unk_id_ = 0;
   std::string unk_surface_;
   bool byte_fallback_ = false, add_dummy_prefix_ = true, remove_extra_ws_ = true, escape_ws_ = true;
   bool add_bos_ = true, add_eos_ = false;
+  bool word_split_ = false;  // no piece has "▁" after another character: BPE word by word
+
+  mutable std::mutex cache_mu_;
+  mutable PieceMapOf<std::vector<int32_t>> cache_;
 };
 
 Status SentencePieceTokenizer::Load(const std::string& path, const std::string& config_path) {
@@ -95,6 +106,9 @@ Status SentencePieceTokenizer::Load(const std::string& path, const std::string& 
       byte_ids_[std::stoi(p.piece().substr(3, 2), nullptr, 16)] = i;
     }
   }
+  word_split_ = escape_ws_ && std::all_of(normal_.begin(), normal_.end(), [](const auto& kv) {
+    return utf8::MarkOnlyLeads(kv.first, kSpace);
+  });
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
   if (unk_id_ < 0 || unk_id_ >= vocab_size())
@@ -154,6 +168,36 @@ Result<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view tex
                                                             bool add_special_tokens) const {
   TPS_RETURN_IF_ERROR(ValidateUtf8(text));
   const std::string norm = Normalize(text);
+  std::vector<int32_t> ids;
+  if (add_special_tokens && add_bos_ && config_.bos_id) ids.push_back(*config_.bos_id);
+  if (word_split_) {
+    utf8::ForEachMarkWord(norm, kSpace, [&](std::string_view word) { EncodeWordCached(word, &ids); });
+  } else {
+    EncodeWord(norm, &ids);
+  }
+  if (add_special_tokens && add_eos_ && config_.eos_id) ids.push_back(*config_.eos_id);
+  return ids;
+}
+
+void SentencePieceTokenizer::EncodeWordCached(std::string_view word, std::vector<int32_t>* ids) const {
+  constexpr size_t kMaxCachedWord = 128, kMaxCacheEntries = 1 << 17;
+  if (word.size() > kMaxCachedWord) return EncodeWord(word, ids);
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    auto it = cache_.find(word);
+    if (it != cache_.end()) {
+      ids->insert(ids->end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  const size_t first = ids->size();
+  EncodeWord(word, ids);
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  if (cache_.size() >= kMaxCacheEntries) cache_.clear();
+  cache_.emplace(std::string(word), std::vector<int32_t>(ids->begin() + first, ids->end()));
+}
+
+void SentencePieceTokenizer::EncodeWord(std::string_view norm, std::vector<int32_t>* out) const {
   struct Sym {
     size_t begin, len;
     int prev, next;
@@ -162,7 +206,7 @@ Result<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view tex
   for (size_t i = 0; i < norm.size();) {
     size_t len = 0;
     for (const std::string& u : user_defined_) {
-      if (norm.compare(i, u.size(), u) == 0) {
+      if (norm.substr(i).starts_with(u)) {
         len = u.size();
         break;
       }
@@ -202,11 +246,10 @@ Result<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view tex
     consider(c.left, l.next);
   }
 
-  std::vector<int32_t> ids;
-  if (add_special_tokens && add_bos_ && config_.bos_id) ids.push_back(*config_.bos_id);
+  std::vector<int32_t>& ids = *out;
   bool prev_unk = false;
   for (int i = syms.empty() ? -1 : 0; i >= 0; i = syms[i].next) {
-    const std::string piece = norm.substr(syms[i].begin, syms[i].len);
+    const std::string_view piece = norm.substr(syms[i].begin, syms[i].len);
     auto it = normal_.find(piece);
     if (it != normal_.end()) {
       ids.push_back(it->second);
@@ -219,8 +262,6 @@ Result<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view tex
       prev_unk = true;
     }
   }
-  if (add_special_tokens && add_eos_ && config_.eos_id) ids.push_back(*config_.eos_id);
-  return ids;
 }
 
 // SentencePiece's decoder: "▁" becomes a space and the dummy prefix of the first piece goes;

@@ -87,6 +87,13 @@ void Append(std::string* out, uint32_t cp) {
   }
 }
 
+bool MarkOnlyLeads(std::string_view piece, std::string_view mark) {
+  for (size_t p = piece.find(mark, 1); p != std::string_view::npos; p = piece.find(mark, p + 1)) {
+    if (p < mark.size() || piece.compare(p - mark.size(), mark.size(), mark) != 0) return false;
+  }
+  return true;
+}
+
 ByteLevelMap::ByteLevelMap() {
   char_to_byte.fill(-1);
   int extra = 0;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -21,6 +22,28 @@ std::string Lossy(std::string_view bytes);
 void Append(std::string* out, uint32_t cp);
 // Byte length of the character whose lead byte is c (1 for bytes that cannot lead).
 int LeadLength(unsigned char c);
+
+// Hash for unordered_map<std::string, V, StringHash, std::equal_to<>>: lookups by string_view
+// without building a std::string (the BPE loops look up every character and pair).
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// SentencePiece-style vocabularies whose pieces never hold a whitespace mark after another
+// character: no merge can cross the start of a "▁word", so BPE may run word by word (and cache).
+bool MarkOnlyLeads(std::string_view piece, std::string_view mark);
+// Calls fn(word) for the pieces of s cut before every mark that follows a non-mark character.
+template <typename Fn>
+void ForEachMarkWord(std::string_view s, std::string_view mark, Fn&& fn) {
+  size_t begin = 0;
+  for (size_t p = s.find(mark, 1); p != std::string_view::npos; p = s.find(mark, p + 1)) {
+    if (p >= mark.size() && s.compare(p - mark.size(), mark.size(), mark) == 0) continue;  // a run of marks
+    fn(s.substr(begin, p - begin));
+    begin = p;
+  }
+  if (begin < s.size()) fn(s.substr(begin));
+}
 
 inline constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 
