@@ -41,10 +41,10 @@ int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   const size_t tokens = pass();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::cout << nlohmann::json{{"tokenizer", argv[3]},  {"implementation", "tpserve"},
-                              {"bytes", text.size()},  {"seconds", s},
-                              {"mb_per_s", text.size() / 1e6 / s}, {"tokens", tokens}}
-                   .dump()
-            << std::endl;
+  std::cout
+      << nlohmann::json{{"tokenizer", argv[3]}, {"implementation", "tpserve"},       {"bytes", text.size()},
+                        {"seconds", s},         {"mb_per_s", text.size() / 1e6 / s}, {"tokens", tokens}}
+             .dump()
+      << std::endl;
   return 0;
 }

@@ -30,7 +30,9 @@ fs::path GoldenDir() {
   return fs::path(TPSERVE_SOURCE_DIR) / "tests" / "data" / "tokenizer";
 }
 
-std::string Show(const std::vector<int32_t>& v) { return json(v).dump(); }
+std::string Show(const std::vector<int32_t>& v) {
+  return json(v).dump();
+}
 
 struct GoldenParam {
   const char* golden;     // file in tests/data/tokenizer
@@ -264,6 +266,22 @@ TEST(TokenizerLoad, MalformedFilesGiveClearErrors) {
   EXPECT_TRUE(LoadFails(dir, {"no tokenizer.json or tokenizer.model"}));
   std::ofstream(dir / "tokenizer.model") << "this is not a protobuf";
   EXPECT_TRUE(LoadFails(dir / "tokenizer.model", {"tokenizer.model", "SentencePiece"}));
+  fs::remove_all(dir);
+}
+
+// tokenizer_config.json's add_bos_token / add_eos_token decide what add_special_tokens adds.
+TEST(TokenizerConfigFlags, AddBosAndEosTokenOverrideThePostProcessor) {
+  const std::string shared = testing::SharedDir();
+  if (shared.empty()) GTEST_SKIP() << "../shared not found";
+  const fs::path dir = testing::MakeTempDir("bosflags");
+  fs::create_symlink(fs::path(shared) / "tokenizers/mistral/tokenizer.json", dir / "tokenizer.json");
+  const std::vector<int32_t> hello = {22557};  // "Hello" in the Mistral vocabulary (golden corpus)
+  std::ofstream(dir / "tokenizer_config.json") << R"({"bos_token": "<s>", "eos_token": "</s>"})";
+  EXPECT_EQ(*(*LoadTokenizer(dir.string()))->Encode("Hello", true), std::vector<int32_t>({1, 22557}));
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": false, "add_eos_token": true})";
+  EXPECT_EQ(*(*LoadTokenizer(dir.string()))->Encode("Hello", true), std::vector<int32_t>({22557, 2}));
+  EXPECT_EQ(*(*LoadTokenizer(dir.string()))->Encode("Hello", false), hello);
   fs::remove_all(dir);
 }
 

@@ -264,6 +264,16 @@ Status HfTokenizer::Load(const std::string& path, const std::string& config_path
           return std::nullopt;
         },
         &config_));
+    // tokenizer_config.json's add_bos_token / add_eos_token win over the post-processor, as
+    // transformers' Llama tokenizers rebuild their template from them.
+    if (config_.add_bos_token) {
+      std::erase_if(prefix_ids_, [this](int32_t id) { return config_.bos_id && id == *config_.bos_id; });
+      if (*config_.add_bos_token && config_.bos_id) prefix_ids_.insert(prefix_ids_.begin(), *config_.bos_id);
+    }
+    if (config_.add_eos_token) {
+      std::erase_if(suffix_ids_, [this](int32_t id) { return config_.eos_id && id == *config_.eos_id; });
+      if (*config_.add_eos_token && config_.eos_id) suffix_ids_.push_back(*config_.eos_id);
+    }
   }
   return Status();
 }
@@ -338,7 +348,8 @@ Status HfTokenizer::ParseModel(const json& m) {
   char_ids_.assign(0x800, -1);
   for (const auto& [tok, id] : vocab_) {
     int len = 0;
-    if (tok.size() <= 2 && utf8::ValidSequenceLength(tok, 0) == static_cast<int>(tok.size())) len = tok.size();
+    if (tok.size() <= 2 && utf8::ValidSequenceLength(tok, 0) == static_cast<int>(tok.size()))
+      len = tok.size();
     if (len == 1) char_ids_[static_cast<unsigned char>(tok[0])] = id;
     if (len == 2) char_ids_[((tok[0] & 0x1F) << 6) | (tok[1] & 0x3F)] = id;
   }
@@ -736,7 +747,8 @@ void HfTokenizer::BpeUncached(const std::string& word, std::vector<int32_t>* out
     const int len = std::max(1, utf8::ValidSequenceLength(word, i));
     int32_t id = -1;
     if (len <= 2) {  // the common case (ASCII, byte-level characters): a table
-      id = char_ids_[len == 1 ? static_cast<unsigned char>(word[i]) : ((word[i] & 0x1F) << 6) | (word[i + 1] & 0x3F)];
+      id = char_ids_[len == 1 ? static_cast<unsigned char>(word[i])
+                              : ((word[i] & 0x1F) << 6) | (word[i + 1] & 0x3F)];
     } else {
       auto it = vocab_.find(std::string_view(word).substr(i, len));
       if (it != vocab_.end()) id = it->second;

@@ -44,9 +44,9 @@ class SentencePieceTokenizer final : public Tokenizer {
   template <typename V>
   using PieceMapOf = std::unordered_map<std::string, V, utf8::StringHash, std::equal_to<>>;
   using PieceMap = PieceMapOf<int32_t>;
-  PieceMap normal_;    // NORMAL, USER_DEFINED, UNUSED: mergeable
-  PieceMap reserved_;  // CONTROL, UNKNOWN, BYTE
-  std::vector<std::string> user_defined_;              // matched whole, longest first
+  PieceMap normal_;                        // NORMAL, USER_DEFINED, UNUSED: mergeable
+  PieceMap reserved_;                      // CONTROL, UNKNOWN, BYTE
+  std::vector<std::string> user_defined_;  // matched whole, longest first
   std::array<int32_t, 256> byte_ids_{};
   int32_t unk_id_ = 0;
   std::string unk_surface_;
@@ -107,8 +107,8 @@ Status SentencePieceTokenizer::Load(const std::string& path, const std::string& 
     }
   }
   word_split_ = escape_ws_ && std::all_of(normal_.begin(), normal_.end(), [](const auto& kv) {
-    return utf8::MarkOnlyLeads(kv.first, kSpace);
-  });
+                  return utf8::MarkOnlyLeads(kv.first, kSpace);
+                });
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
   if (unk_id_ < 0 || unk_id_ >= vocab_size())
@@ -132,6 +132,8 @@ Status SentencePieceTokenizer::Load(const std::string& path, const std::string& 
           return std::nullopt;
         },
         &config_));
+    if (config_.add_bos_token) add_bos_ = *config_.add_bos_token;
+    if (config_.add_eos_token) add_eos_ = *config_.add_eos_token;
   }
   return Status();
 }

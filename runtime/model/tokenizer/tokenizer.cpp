@@ -91,6 +91,12 @@ Status ReadTokenizerConfig(const std::string& path,
       return TPS_ERROR("{}: key 'chat_template' must be a string or a list of named templates", path);
     }
   }
+  for (const char* key : {"add_bos_token", "add_eos_token"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    if (!j[key].is_boolean()) return TPS_ERROR("{}: key '{}' must be true or false", path, key);
+    (std::string(key) == "add_bos_token" ? config->add_bos_token : config->add_eos_token) =
+        j[key].get<bool>();
+  }
   if (j.contains("clean_up_tokenization_spaces")) {
     if (!j["clean_up_tokenization_spaces"].is_boolean()) {
       return TPS_ERROR("{}: key 'clean_up_tokenization_spaces' must be true or false", path);

@@ -25,6 +25,9 @@ struct TokenizerConfig {
   std::string bos_token, eos_token;  // their text ("" when unset)
   std::string chat_template;         // "" when the model has none
   bool clean_up_tokenization_spaces = false;
+  // add_bos_token / add_eos_token, when tokenizer_config.json sets them: they decide whether
+  // Encode(..., add_special_tokens = true) adds BOS / EOS (over the post-processor's template).
+  std::optional<bool> add_bos_token, add_eos_token;
 };
 
 class Tokenizer {
