@@ -2,11 +2,13 @@
 // this CPU supports and every weight dtype, with odd sizes and misaligned tails.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
 
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -19,20 +21,39 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
   return v;
 }
 
-// Weights in `dt` (bytes) plus their exact values as doubles.
+// Weights in `dt` (bytes) plus their exact values as doubles. int8 is quantized per row of
+// `cols` values: `exact` holds the raw q values (what the dot kernels sum), `scales` the row scales.
 struct Weights {
   std::vector<uint8_t> bytes;
   std::vector<double> exact;
+  std::vector<float> scales;
+  const float* row_scales() const { return scales.empty() ? nullptr : scales.data(); }
+  double value(size_t i, size_t cols) const {
+    return scales.empty() ? exact[i] : exact[i] * scales[i / cols];
+  }
 };
-Weights MakeWeights(const std::vector<float>& f, DType dt) {
+Weights MakeWeights(const std::vector<float>& f, DType dt, size_t cols = 0) {
   Weights w;
   w.bytes.resize(f.size() * DTypeSize(dt) + 64);
+  if (dt == DType::kI8) {
+    if (cols == 0) cols = f.size();
+    for (size_t r = 0; r * cols < f.size(); ++r) {
+      w.scales.push_back(QuantizeRowInt8(&f[r * cols], static_cast<int>(cols),
+                                         reinterpret_cast<int8_t*>(w.bytes.data()) + r * cols));
+    }
+    const auto* q = reinterpret_cast<const int8_t*>(w.bytes.data());
+    w.exact.assign(q, q + f.size());
+    return w;
+  }
   ConvertDType(f.data(), DType::kF32, w.bytes.data(), dt, f.size());
   std::vector<float> back(f.size());
   ConvertDType(w.bytes.data(), dt, back.data(), DType::kF32, f.size());
   w.exact.assign(back.begin(), back.end());
   return w;
 }
+
+constexpr DType kFloatDTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+constexpr DType kAllDTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kI8};
 
 // f32 accumulation of k products: error bound ~ k * eps * sum|x w|.
 double DotTolerance(const std::vector<float>& x, const std::vector<double>& w, size_t off, int k) {
@@ -45,7 +66,7 @@ TEST(Kernels, DotEveryIsaEveryDtypeOddSizes) {
   for (const std::string& isa : SupportedIsas()) {
     const CpuKernelTable* kt = KernelsForIsa(isa);
     ASSERT_NE(kt, nullptr) << isa;
-    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType dt : kFloatDTypes) {
       for (int k : {1, 3, 7, 8, 15, 16, 17, 31, 33, 63, 100, 257, 1001, 2048}) {
         for (size_t misalign : {size_t{0}, size_t{1}, size_t{3}}) {  // elements, not bytes
           const std::vector<float> x = Random(k + misalign, 11 + k);
@@ -67,20 +88,27 @@ TEST(Kernels, DotEveryIsaEveryDtypeOddSizes) {
 TEST(Kernels, MatmulNTMatchesReference) {
   for (const std::string& isa : SupportedIsas()) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
-    for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
-      const int n = 3, m = 37, k = 75;
-      const std::vector<float> x = Random(n * k, 5);
-      Weights w = MakeWeights(Random(m * k, 6), dt);
-      std::vector<float> y(n * m);
-      MatmulNT(kt, x.data(), n, w.bytes.data(), dt, m, k, y.data());
-      for (int t = 0; t < n; ++t) {
-        for (int o = 0; o < m; ++o) {
-          double want = 0, mag = 0;
-          for (int i = 0; i < k; ++i) {
-            want += static_cast<double>(x[t * k + i]) * w.exact[o * k + i];
-            mag += std::abs(x[t * k + i] * w.exact[o * k + i]);
+    for (DType dt : kAllDTypes) {
+      for (int n : {1, 2, 3, 5}) {  // n < 4 takes the rows4 path, n >= 4 dot4
+        const int m = 37, k = 75;
+        const std::vector<float> x = Random(n * k, 5);
+        Weights w = MakeWeights(Random(m * k, 6), dt, k);
+        std::vector<float> y(n * m);
+        MatmulNT(kt, x.data(), n, w.bytes.data(), dt, m, k, y.data(), w.row_scales());
+        for (int t = 0; t < n; ++t) {
+          for (int o = 0; o < m; ++o) {
+            double want = 0, mag = 0;
+            for (int i = 0; i < k; ++i) {
+              const double wv = w.value(o * k + i, k);
+              want += static_cast<double>(x[t * k + i]) * wv;
+              mag += std::abs(x[t * k + i] * wv);
+            }
+            // int8: x is quantized to int16 (error <= half a step of max|x| / 32767 per element).
+            const double tol = dt == DType::kI8
+                                   ? 4 * k * 6e-8 * mag + k * 0.5 / 32767 * 1.0 * 128 * w.scales[o]
+                                   : 4 * k * 6e-8 * mag;
+            ASSERT_NEAR(y[t * m + o], want, tol) << isa << " " << DTypeName(dt) << " n=" << n;
           }
-          ASSERT_NEAR(y[t * m + o], want, 4 * k * 6e-8 * mag) << isa << " " << DTypeName(dt);
         }
       }
     }
@@ -91,10 +119,10 @@ TEST(Kernels, MatmulNTMatchesReference) {
 TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
   for (const std::string& isa : SupportedIsas()) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
-    for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (DType dt : kFloatDTypes) {
       for (int k : {1, 15, 16, 17, 33, 64, 100, 1001}) {
         const std::vector<float> x = Random(9 * k, 21 + k);
-        Weights w = MakeWeights(Random(5 * k, 22 + k), dt);
+        Weights w = MakeWeights(Random(5 * k, 22 + k), dt, k);
         const float* xs[4] = {&x[0], &x[k], &x[2 * k], &x[3 * k]};
         float out[4];
         kt.dot4[static_cast<int>(dt)](xs, w.bytes.data(), k, out);
@@ -102,20 +130,125 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
           const float single = kt.dot[static_cast<int>(dt)](xs[j], w.bytes.data(), k);
           ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " " << DTypeName(dt) << " k=" << k;
         }
-        for (int n = 1; n <= 9; ++n) {
-          std::vector<float> y(n * 5);
-          MatmulNT(kt, x.data(), n, w.bytes.data(), dt, 5, k, y.data());
-          for (int t = 0; t < n; ++t) {
-            for (int o = 0; o < 5; ++o) {
-              const float single = kt.dot[static_cast<int>(dt)](
-                  &x[t * k], w.bytes.data() + static_cast<size_t>(o) * k * DTypeSize(dt), k);
-              ASSERT_EQ(std::memcmp(&y[t * 5 + o], &single, 4), 0) << isa << " n=" << n << " t=" << t;
+        const auto row = [&](int o) { return w.bytes.data() + static_cast<size_t>(o) * k * DTypeSize(dt); };
+        if (kt.rows4[static_cast<int>(dt)] != nullptr) {  // one activation row, four weight rows
+          const void* rows[4] = {row(0), row(1), row(2), row(3)};
+          kt.rows4[static_cast<int>(dt)](xs[0], rows, k, out);
+          for (int j = 0; j < 4; ++j) {
+            const float single = kt.dot[static_cast<int>(dt)](xs[0], rows[j], k);
+            ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " rows4 " << DTypeName(dt) << " k=" << k;
+          }
+        }
+        for (int threads : {1, 2, 3}) {  // threads split the rows: results do not change
+          SetThreads(threads);
+          for (int n = 1; n <= 9; ++n) {
+            std::vector<float> y(n * 5);
+            MatmulNT(kt, x.data(), n, w.bytes.data(), dt, 5, k, y.data(), w.row_scales());
+            for (int t = 0; t < n; ++t) {
+              for (int o = 0; o < 5; ++o) {
+                const float single = kt.dot[static_cast<int>(dt)](&x[t * k], row(o), k);
+                ASSERT_EQ(std::memcmp(&y[t * 5 + o], &single, 4), 0)
+                    << isa << " n=" << n << " t=" << t << " threads=" << threads;
+              }
             }
+          }
+        }
+        SetThreads(1);
+      }
+    }
+  }
+}
+
+// int8 x int16 dot products are exact integers: every ISA path equals the int64 reference,
+// including extreme values over long rows (int32 lanes must be widened before they overflow).
+TEST(Kernels, Int8DotIsExactOnEveryIsa) {
+  std::mt19937 rng(3);
+  for (const std::string& isa : SupportedIsas()) {
+    const CpuKernelTable& kt = *KernelsForIsa(isa);
+    ASSERT_NE(kt.dot_i8, nullptr) << isa;
+    for (int k : {1, 7, 16, 31, 32, 33, 100, 1001, 20000}) {
+      for (bool extreme : {false, true}) {
+        std::vector<int16_t> x(k + 3);
+        std::vector<int8_t> w(kRowsI8 * (k + 3));
+        std::uniform_int_distribution<int> dx(-32767, 32767), dw(-127, 127);
+        for (auto& v : x) v = extreme ? 32767 : dx(rng);
+        for (auto& v : w) v = extreme ? 127 : dw(rng);
+        for (int misalign : {0, 3}) {
+          const int8_t* rows[kRowsI8];
+          int64_t want[kRowsI8], got4[kRowsI8];
+          for (int j = 0; j < kRowsI8; ++j) {
+            rows[j] = &w[j * (k + 3) + misalign];
+            want[j] = 0;
+            for (int i = 0; i < k; ++i) want[j] += static_cast<int64_t>(x[misalign + i]) * rows[j][i];
+            ASSERT_EQ(kt.dot_i8(&x[misalign], rows[j], k), want[j]) << isa << " k=" << k;
+          }
+          if (kt.rows_i8 != nullptr) {
+            kt.rows_i8(&x[misalign], rows, k, got4);
+            for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
         }
       }
     }
   }
+}
+
+// int8 MatmulNT: the same bits for every ISA, batch size and thread count.
+TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
+  const int m = 21, k = 203;  // two groups of kRowsI8 rows and a remainder
+  const std::vector<float> x = Random(9 * k, 41, 2.0f);
+  Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
+  std::vector<float> first;
+  for (const std::string& isa : SupportedIsas()) {
+    for (int threads : {1, 2}) {
+      SetThreads(threads);
+      for (int n = 1; n <= 9; ++n) {
+        std::vector<float> y(n * m);
+        MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(),
+                 w.row_scales());
+        if (first.empty()) {
+          MatmulNT(PortableKernels(), x.data(), 9, w.bytes.data(), DType::kI8, m, k,
+                   (first = std::vector<float>(9 * m)).data(), w.row_scales());
+        }
+        ASSERT_EQ(std::memcmp(y.data(), first.data(), y.size() * 4), 0)
+            << isa << " n=" << n << " threads=" << threads;
+      }
+    }
+  }
+  SetThreads(1);
+}
+
+TEST(Kernels, Int8QuantizationRoundTripsWithinHalfAStep) {
+  for (int k : {1, 5, 64, 1001}) {
+    std::vector<float> w = Random(k, 7 + k, 3.0f);
+    std::vector<int8_t> q(k);
+    const float scale = QuantizeRowInt8(w.data(), k, q.data());
+    float amax = 0;
+    for (float v : w) amax = std::max(amax, std::abs(v));
+    EXPECT_FLOAT_EQ(scale, amax / 127.0f);
+    for (int i = 0; i < k; ++i) ASSERT_LE(std::abs(q[i] * scale - w[i]), 0.5f * scale * 1.0001f) << i;
+  }
+  std::vector<float> zeros(9, 0.0f);
+  std::vector<int8_t> q(9, 1);
+  EXPECT_EQ(QuantizeRowInt8(zeros.data(), 9, q.data()), 0.0f);
+  for (int8_t v : q) EXPECT_EQ(v, 0);
+}
+
+// The pool runs every chunk exactly once, from any number of threads, many times in a row.
+TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 4}) {
+    SetThreads(threads);
+    EXPECT_EQ(NumThreads(), threads);
+    for (int total : {0, 1, 5, 16, 1000}) {
+      for (int rep = 0; rep < 50; ++rep) {
+        std::vector<std::atomic<int>> hits(total);
+        ParallelFor(total, 1, [&](int b, int e) {
+          for (int i = b; i < e; ++i) hits[i]++;
+        });
+        for (int i = 0; i < total; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " " << total << " " << i;
+      }
+    }
+  }
+  SetThreads(1);
 }
 
 TEST(Kernels, RmsNorm) {

@@ -1,7 +1,11 @@
 // Picks the CPU kernel table once at start-up from a feature probe.
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -47,24 +51,85 @@ const CpuKernelTable& ActiveKernels() {
   return table;
 }
 
+namespace {
+
+void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w, int m, int k, float* y,
+                const float* row_scales) {
+  std::vector<int16_t> xq(static_cast<size_t>(n) * k);
+  std::vector<float> xs(n);
+  for (int t = 0; t < n; ++t)
+    xs[t] = QuantizeRowInt16(x + static_cast<size_t>(t) * k, k, &xq[static_cast<size_t>(t) * k]);
+  auto store = [&](int t, int o, int64_t dot) {
+    y[static_cast<size_t>(t) * m + o] = static_cast<float>(static_cast<double>(dot) * xs[t] * row_scales[o]);
+  };
+  ParallelFor(m, 16, [&](int o_begin, int o_end) {
+    int o = o_begin;
+    if (kt.rows_i8 != nullptr) {
+      for (; o + kRowsI8 <= o_end; o += kRowsI8) {
+        const int8_t* rows[kRowsI8];
+        for (int j = 0; j < kRowsI8; ++j) rows[j] = w + static_cast<size_t>(o + j) * k;
+        for (int t = 0; t < n; ++t) {
+          int64_t out[kRowsI8];
+          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, k, out);
+          for (int j = 0; j < kRowsI8; ++j) store(t, o + j, out[j]);
+        }
+      }
+    }
+    for (; o < o_end; ++o) {
+      for (int t = 0; t < n; ++t)
+        store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(o) * k, k));
+    }
+  });
+}
+
+}  // namespace
+
+float QuantizeRowInt16(const float* x, int k, int16_t* q) {
+  float amax = 0;
+  for (int i = 0; i < k; ++i) amax = std::max(amax, std::abs(x[i]));
+  const float scale = amax / 32767.0f;
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  for (int i = 0; i < k; ++i)
+    q[i] = static_cast<int16_t>(std::clamp(std::lround(x[i] * inv), -32767l, 32767l));
+  return scale;
+}
+
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
-              float* y) {
+              float* y, const float* row_scales) {
+  if (wt == DType::kI8) return MatmulInt8(kt, x, n, static_cast<const int8_t*>(w), m, k, y, row_scales);
   const DotFn dot = kt.dot[static_cast<int>(wt)];
   const Dot4Fn dot4 = kt.dot4[static_cast<int>(wt)];
   const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(wt);
   const char* wb = static_cast<const char*>(w);
-  for (int o = 0; o < m; ++o) {
-    const void* row = wb + static_cast<size_t>(o) * row_bytes;
-    int t = 0;
-    for (; t + 4 <= n; t += 4) {
-      const float* xs[4] = {x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
-                            x + static_cast<size_t>(t + 2) * k, x + static_cast<size_t>(t + 3) * k};
-      float out[4];
-      dot4(xs, row, k, out);
-      for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t + j) * m + o] = out[j];
+  // Threads split the weight rows: each reads its own part of w once.
+  const Rows4Fn rows4 = kt.rows4[static_cast<int>(wt)];
+  ParallelFor(m, 16, [&](int o_begin, int o_end) {
+    int o = o_begin;
+    if (n < 4 && rows4 != nullptr) {  // few activation rows: stream four weight rows at once
+      for (; o + 4 <= o_end; o += 4) {
+        const void* rows[4] = {
+            wb + static_cast<size_t>(o) * row_bytes, wb + static_cast<size_t>(o + 1) * row_bytes,
+            wb + static_cast<size_t>(o + 2) * row_bytes, wb + static_cast<size_t>(o + 3) * row_bytes};
+        for (int t = 0; t < n; ++t) {
+          float out[4];
+          rows4(x + static_cast<size_t>(t) * k, rows, k, out);
+          for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t) * m + o + j] = out[j];
+        }
+      }
     }
-    for (; t < n; ++t) y[static_cast<size_t>(t) * m + o] = dot(x + static_cast<size_t>(t) * k, row, k);
-  }
+    for (; o < o_end; ++o) {
+      const void* row = wb + static_cast<size_t>(o) * row_bytes;
+      int t = 0;
+      for (; t + 4 <= n; t += 4) {
+        const float* xs[4] = {x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
+                              x + static_cast<size_t>(t + 2) * k, x + static_cast<size_t>(t + 3) * k};
+        float out[4];
+        dot4(xs, row, k, out);
+        for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t + j) * m + o] = out[j];
+      }
+      for (; t < n; ++t) y[static_cast<size_t>(t) * m + o] = dot(x + static_cast<size_t>(t) * k, row, k);
+    }
+  });
 }
 
 }  // namespace tpserve::kernels

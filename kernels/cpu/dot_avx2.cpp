@@ -27,6 +27,26 @@ inline __m256 LoadBf16(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 
+// int8 weights x int16 activations, exact: 16 products per step (pairwise into 8 int32 lanes),
+// lanes widened into int64 every 256 steps (a lane gains at most 2 * 127 * 32767 per step).
+int64_t DotI8(const int16_t* x, const int8_t* w, int k) {
+  int64_t total = 0;
+  int i = 0;
+  while (i + 16 <= k) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int steps = 0; steps < 256 && i + 16 <= k; ++steps, i += 16) {
+      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    for (int32_t v : lanes) total += v;
+  }
+  for (; i < k; ++i) total += static_cast<int32_t>(x[i]) * w[i];
+  return total;
+}
+
 template <typename T, __m256 (*Load)(const T*), float (*Scalar)(T)>
 float DotImpl(const float* x, const void* wv, int k) {
   const T* w = static_cast<const T*>(wv);
@@ -64,6 +84,7 @@ const CpuKernelTable* Avx2Kernels() {
     t.dot4[static_cast<int>(DType::kF32)] = Dot4<DotImpl<float, LoadF32, ScalarF32>>;
     t.dot4[static_cast<int>(DType::kF16)] = Dot4<DotImpl<uint16_t, LoadF16, F16ToF32>>;
     t.dot4[static_cast<int>(DType::kBF16)] = Dot4<DotImpl<uint16_t, LoadBf16, Bf16ToF32>>;
+    t.dot_i8 = DotI8;
     return t;
   }();
   return &table;

@@ -2,6 +2,7 @@
 // reports these features). The tail uses a masked load, so no scalar remainder loop.
 #include <immintrin.h>
 
+#include "cpu/int8_avx512.h"
 #include "cpu/kernels.h"
 
 namespace tpserve::kernels {
@@ -62,7 +63,41 @@ void Dot4Impl(const float* const* x, const void* wv, int k, float* out) {
   for (int j = 0; j < 4; ++j) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j]));
 }
 
+// One activation row against four weight rows (batch-1 decode): four independent weight streams
+// keep more memory requests in flight, and each activation chunk is loaded once for the four.
+// Per row, the chunking and summation order are exactly DotImpl's (bitwise equal results).
+template <typename T, __m512 (*Load)(const T*, __mmask16)>
+void Rows4Impl(const float* x, const void* const* wv, int k, float* out) {
+  const T* w[4] = {static_cast<const T*>(wv[0]), static_cast<const T*>(wv[1]), static_cast<const T*>(wv[2]),
+                   static_cast<const T*>(wv[3])};
+  constexpr __mmask16 kAll = 0xffff;
+  __m512 a0[4], a1[4];
+  for (int j = 0; j < 4; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+    for (int j = 0; j < 4; ++j) {
+      a0[j] = _mm512_fmadd_ps(x0, Load(w[j] + i, kAll), a0[j]);
+      a1[j] = _mm512_fmadd_ps(x1, Load(w[j] + i + 16, kAll), a1[j]);
+    }
+  }
+  for (; i < k; i += 16) {
+    const int left = k - i;
+    const __mmask16 m = left >= 16 ? kAll : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 x0 = _mm512_maskz_loadu_ps(m, x + i);
+    for (int j = 0; j < 4; ++j) a0[j] = _mm512_fmadd_ps(x0, Load(w[j] + i, m), a0[j]);
+  }
+  for (int j = 0; j < 4; ++j) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j]));
+}
+
 }  // namespace
+
+int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k) {
+  return int8_detail::DotI8Impl<false>(x, w, k);
+}
+void RowsI8Avx512(const int16_t* x, const int8_t* const* w, int k, int64_t* out) {
+  int8_detail::RowsI8Impl<kRowsI8, false>(x, w, k, out);
+}
 
 const CpuKernelTable* Avx512Kernels() {
   static const CpuKernelTable table = [] {
@@ -74,6 +109,13 @@ const CpuKernelTable* Avx512Kernels() {
     t.dot4[static_cast<int>(DType::kF32)] = Dot4Impl<float, LoadF32>;
     t.dot4[static_cast<int>(DType::kF16)] = Dot4Impl<uint16_t, LoadF16>;
     t.dot4[static_cast<int>(DType::kBF16)] = Dot4Impl<uint16_t, LoadBf16>;
+    t.rows4[static_cast<int>(DType::kF32)] = Rows4Impl<float, LoadF32>;
+    t.rows4[static_cast<int>(DType::kF16)] = Rows4Impl<uint16_t, LoadF16>;
+    t.rows4[static_cast<int>(DType::kBF16)] = Rows4Impl<uint16_t, LoadBf16>;
+    // int8: VNNI kernels (their own translation unit, built with -mavx512vnni) where the CPU has it.
+    const bool vnni = __builtin_cpu_supports("avx512vnni");
+    t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
+    t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
     return t;
   }();
   return &table;

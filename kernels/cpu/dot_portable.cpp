@@ -29,6 +29,12 @@ float DotBf16(const float* x, const void* w, int k) {
   return DotGeneric(x, k, [wh](int i) { return Bf16ToF32(wh[i]); });
 }
 
+int64_t DotI8(const int16_t* x, const int8_t* w, int k) {
+  int64_t sum = 0;
+  for (int i = 0; i < k; ++i) sum += static_cast<int32_t>(x[i]) * w[i];
+  return sum;
+}
+
 // Four single dots: the same arithmetic as dot, so results match it bitwise.
 template <DotFn Dot>
 void Dot4(const float* const* x, const void* w, int k, float* out) {
@@ -47,6 +53,7 @@ const CpuKernelTable& PortableKernels() {
     t.dot4[static_cast<int>(DType::kF32)] = Dot4<DotF32>;
     t.dot4[static_cast<int>(DType::kF16)] = Dot4<DotF16>;
     t.dot4[static_cast<int>(DType::kBF16)] = Dot4<DotBf16>;
+    t.dot_i8 = DotI8;
     return t;
   }();
   return table;

@@ -1,6 +1,9 @@
 #include "cpu/dtype.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 namespace tpserve::kernels {
 
@@ -12,6 +15,8 @@ const char* DTypeName(DType t) {
       return "f16";
     case DType::kBF16:
       return "bf16";
+    case DType::kI8:
+      return "int8";
   }
   return "?";
 }
@@ -70,6 +75,10 @@ uint16_t F32ToF16(float f) {
 }
 
 void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, size_t n) {
+  if (src_type == DType::kI8 || dst_type == DType::kI8) {
+    std::fprintf(stderr, "ConvertDType: int8 needs row scales; use QuantizeRowInt8\n");
+    std::abort();
+  }
   if (src_type == dst_type) {
     std::memcpy(dst, src, n * DTypeSize(src_type));
     return;
@@ -86,6 +95,8 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
       case DType::kBF16:
         v = Bf16ToF32(static_cast<const uint16_t*>(src)[i]);
         break;
+      case DType::kI8:
+        break;
     }
     switch (dst_type) {
       case DType::kF32:
@@ -97,8 +108,21 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
       case DType::kBF16:
         static_cast<uint16_t*>(dst)[i] = F32ToBf16(v);
         break;
+      case DType::kI8:
+        break;
     }
   }
+}
+
+float QuantizeRowInt8(const float* w, int k, int8_t* q) {
+  float amax = 0;
+  for (int i = 0; i < k; ++i) amax = std::max(amax, std::abs(w[i]));
+  const float scale = amax / 127.0f;
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  for (int i = 0; i < k; ++i) {
+    q[i] = static_cast<int8_t>(std::clamp(std::lround(w[i] * inv), -127l, 127l));
+  }
+  return scale;
 }
 
 }  // namespace tpserve::kernels

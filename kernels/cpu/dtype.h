@@ -9,12 +9,15 @@
 
 namespace tpserve::kernels {
 
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// kI8: weight-only int8 quantization, symmetric, one f32 scale per row (w = q * scale); the
+// scales travel beside the weights (HostTensor::row_scales), never through ConvertDType.
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3 };
+inline constexpr int kNumDTypes = 4;
 
 inline size_t DTypeSize(DType t) {
-  return t == DType::kF32 ? 4 : 2;
+  return t == DType::kF32 ? 4 : t == DType::kI8 ? 1 : 2;
 }
-const char* DTypeName(DType t);                        // "f32", "f16", "bf16"
+const char* DTypeName(DType t);                        // "f32", "f16", "bf16", "int8"
 bool ParseDType(const std::string& name, DType* out);  // accepts f32/float32, f16/float16/half, bf16/bfloat16
 
 inline float Bf16ToF32(uint16_t h) {
@@ -34,7 +37,11 @@ inline uint16_t F32ToBf16(float f) {
 float F16ToF32(uint16_t h);
 uint16_t F32ToF16(float f);  // round to nearest even, overflow to inf
 
-// Converts n elements between storage dtypes (any pair).
+// Converts n elements between the float storage dtypes (f32, f16, bf16; any pair).
 void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, size_t n);
+
+// Quantizes one row of k f32 values to int8 with a symmetric per-row scale: scale = max|w| / 127,
+// q = round(w / scale) (0 and scale 0 for an all-zero row). Returns the scale.
+float QuantizeRowInt8(const float* w, int k, int8_t* q);
 
 }  // namespace tpserve::kernels

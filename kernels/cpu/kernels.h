@@ -25,11 +25,30 @@ using DotFn = float (*)(const float* x, const void* w, int k);
 // is bitwise equal to dot(x[j], w): batching never changes a token's result.
 using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out);
 
+// out[j] = dot(x, w[j]) for one activation row against 4 weight rows (batch-1 decode: four
+// weight streams in flight). Each out[j] is bitwise equal to dot(x, w[j]).
+using Rows4Fn = void (*)(const float* x, const void* const* w, int k, float* out);
+
+// int8 weights meet activations quantized to int16 (one scale per activation row): the dot
+// product is an exact integer, so every ISA path and every batch/thread split gives the same bits.
+using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
+// out[j] = dot_i8(x, w[j]) for kRowsI8 weight rows (more weight streams in flight: int8 rows are
+// short, and eight of them keep the memory system busier than four).
+inline constexpr int kRowsI8 = 8;
+using RowsI8Fn = void (*)(const int16_t* x, const int8_t* const* w, int k, int64_t* out);
+
 struct CpuKernelTable {
   const char* isa = "portable";
-  DotFn dot[3] = {nullptr, nullptr, nullptr};    // indexed by DType
-  Dot4Fn dot4[3] = {nullptr, nullptr, nullptr};  // indexed by DType
+  DotFn dot[kNumDTypes] = {};      // indexed by DType (float dtypes)
+  Dot4Fn dot4[kNumDTypes] = {};    // indexed by DType (float dtypes)
+  Rows4Fn rows4[kNumDTypes] = {};  // indexed by DType; nullptr: dot per row
+  DotI8Fn dot_i8 = nullptr;
+  RowsI8Fn rows_i8 = nullptr;  // nullptr: dot_i8 per row
 };
+
+// Quantizes one activation row to int16: scale = max|x| / 32767, q = round(x / scale). Returns
+// the scale (0 for an all-zero row).
+float QuantizeRowInt16(const float* x, int k, int16_t* q);
 
 const CpuKernelTable& PortableKernels();
 const CpuKernelTable* Avx2Kernels();    // nullptr when not compiled in
@@ -43,12 +62,15 @@ const CpuKernelTable& ActiveKernels();
 const CpuKernelTable* KernelsForIsa(const std::string& isa);
 
 // y(n, m) = x(n, k) * w(m, k)^T with w in dtype wt. Row-major, dense. Weight-stationary: each
-// weight row is read once for all n rows (4 at a time through dot4), and every y element is
-// bitwise what a batch of one would give.
+// weight row is read once for all n rows (4 at a time through dot4, or 4 weight rows at a time
+// through rows4 when n < 4), and every y element is bitwise what a batch of one would give, at
+// any thread count (threads split the weight rows). int8 weights need row_scales (m floats):
+// y = row_scale * x_scale * (exact integer dot of the int16-quantized x row with the int8 row).
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
-              float* y);
-inline void MatmulNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y) {
-  MatmulNT(ActiveKernels(), x, n, w, wt, m, k, y);
+              float* y, const float* row_scales = nullptr);
+inline void MatmulNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y,
+                     const float* row_scales = nullptr) {
+  MatmulNT(ActiveKernels(), x, n, w, wt, m, k, y, row_scales);
 }
 
 // y(n) = x(n) / rms(x) * weight(n), rms = sqrt(mean(x^2) + eps). x and y may alias.

@@ -1,5 +1,7 @@
 #include "apps/run_common.h"
 
+#include "cpu/thread_pool.h"
+
 #include "common/log.h"
 
 namespace tpserve {
@@ -20,10 +22,15 @@ void AddJobFlags(CLI::App* cmd, JobFlags* f) {
   cmd->add_option("--partition", f->load.partition_path, "Partition plan YAML (default: computed in memory)");
   cmd->add_option("--dtype", f->load.dtype, "Weight dtype: auto (as stored), f32, bf16, f16")
       ->capture_default_str();
+  cmd->add_option("--quantization", f->load.quantization,
+                  "int8: weight-only int8 with a scale per output row (projections and lm_head)");
   cmd->add_flag("--enable-deterministic-inference", f->deterministic,
                 "Batch-invariant results: all-reduces sum in rank order (kernels already are per-row)");
   cmd->add_option("--tokenizer", f->tokenizer,
                   "tokenizer.json / tokenizer.model (default: the one in --model-path, if any)");
+  cmd->add_option("--threads", f->threads,
+                  "Kernel threads per rank, pinned (default: the cores mpirun bound the rank to, or the "
+                  "host's cores divided among its ranks)");
   cmd->add_option("--nnodes", f->launch.nnodes, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--node-rank", f->launch.node_rank, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--dist-init-addr", f->launch.dist_init_addr,
@@ -70,6 +77,11 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
   }
   if (!AllOk(*job->world, CheckLaunchFlags(f.launch, *job->env, *job->world))) return 1;
   if (!AllOk(*job->world, extra_check)) return 1;
+  auto threads = PlanThreads(f.threads, job->env->local_rank(), job->env->local_size());
+  if (!AllOk(*job->world, threads.status())) return 1;
+  kernels::SetThreads(threads->threads, threads->cpus);
+  log::Debug("rank {}: {}", pc->world_rank, threads->describe);
+  if (pc->world_rank == 0) log::Info("rank 0: {}", threads->describe);
   auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");
   if (!AllOk(*job->world, tp_or.status())) return 1;
   job->tp = std::move(tp_or).value();

@@ -25,6 +25,7 @@ struct JobFlags {
   int dp = 1, pp = 1;
   bool deterministic = false;  // --enable-deterministic-inference
   std::string tokenizer;       // --tokenizer: a file or directory; default: the model directory's
+  int threads = 0;             // --threads: kernel threads per rank; 0 = the rank's cores
 };
 
 // Declared in teardown order: the model and groups go before MPI_Finalize (env).

@@ -39,6 +39,14 @@ Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
   return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
 }
 
+namespace {
+// y(n, w.rows) = x(n, w.cols) * w^T, in w's storage dtype (int8 with its row scales).
+void Linear(const HostTensor& w, const float* x, int n, float* y) {
+  k::MatmulNT(x, n, w.data(), w.dtype(), static_cast<int>(w.rows()), static_cast<int>(w.cols()), y,
+              w.row_scales());
+}
+}  // namespace
+
 Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out) {
   const int n = batch.rows(), bs = pool.block_size();
   const ModelConfig& c = config_;
@@ -49,9 +57,9 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   std::vector<float> q(static_cast<size_t>(n) * nq * hd);    // (n, nq, hd)
   std::vector<float> kk(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
   std::vector<float> vv(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
-  k::MatmulNT(h, n, L.q.data(), L.q.dtype(), nq * hd, hidden, q.data());
-  k::MatmulNT(h, n, L.k.data(), L.k.dtype(), nkv * hd, hidden, kk.data());
-  k::MatmulNT(h, n, L.v.data(), L.v.dtype(), nkv * hd, hidden, vv.data());
+  Linear(L.q, h, n, q.data());
+  Linear(L.k, h, n, kk.data());
+  Linear(L.v, h, n, vv.data());
   auto add_bias = [n](std::vector<float>& y, const HostTensor& b) {
     if (b.empty()) return;
     const int m = static_cast<int>(b.rows());
@@ -119,7 +127,7 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     }
   }
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
-  k::MatmulNT(attn.data(), n, L.o.data(), L.o.dtype(), hidden, nq * hd, out);
+  Linear(L.o, attn.data(), n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 
@@ -127,11 +135,11 @@ Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
   const LayerWeights& L = weights_.layers[layer];
   const int f = static_cast<int>(weights_.shard.layers[layer].ffn.size()), hidden = config_.hidden_size;
   std::vector<float> gate(static_cast<size_t>(n) * f), up(static_cast<size_t>(n) * f);  // (n, local ffn)
-  k::MatmulNT(h, n, L.gate.data(), L.gate.dtype(), f, hidden, gate.data());
-  k::MatmulNT(h, n, L.up.data(), L.up.dtype(), f, hidden, up.data());
+  Linear(L.gate, h, n, gate.data());
+  Linear(L.up, h, n, up.data());
   k::SiluMul(gate.data(), up.data(), n * f, gate.data());
   // Row-parallel down_proj: partial sums over this rank's FFN rows, then the all-reduce.
-  k::MatmulNT(gate.data(), n, L.down.data(), L.down.dtype(), hidden, f, out);
+  Linear(L.down, gate.data(), n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 
@@ -184,8 +192,7 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
                &last[it * hidden]);
   }
   const HostTensor& lm = weights_.logits_weight();
-  k::MatmulNT(last.data(), static_cast<int>(items.size()), lm.data(), lm.dtype(), local_vocab(), hidden,
-              logits_local);
+  Linear(lm, last.data(), static_cast<int>(items.size()), logits_local);
   return Status();
 }
 

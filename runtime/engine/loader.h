@@ -16,6 +16,7 @@ struct LoadOptions {
   std::string model_path;
   std::string partition_path;  // empty: the default plan, computed in memory
   std::string dtype = "auto";  // auto (checkpoint dtype) | f32 | bf16 | f16
+  std::string quantization;    // "" | int8 (weight-only, per-row scales)
   bool show_progress = false;
 };
 

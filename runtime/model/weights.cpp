@@ -14,6 +14,45 @@ HostTensor::HostTensor(DType dtype, int64_t rows, int64_t cols) : dtype_(dtype),
   data_.reset(std::aligned_alloc(64, n == 0 ? 64 : n));
 }
 
+HostTensor HostTensor::QuantizedInt8(const HostTensor& src) {
+  HostTensor q(DType::kI8, src.rows(), src.cols());
+  q.scales_.resize(src.rows());
+  std::vector<float> row(src.cols());
+  for (int64_t r = 0; r < src.rows(); ++r) {
+    kernels::ConvertDType(src.row(r), src.dtype(), row.data(), DType::kF32, row.size());
+    q.scales_[r] = kernels::QuantizeRowInt8(row.data(), static_cast<int>(row.size()),
+                                            static_cast<int8_t*>(q.data()) + r * src.cols());
+  }
+  return q;
+}
+
+void QuantizeWeightsInt8(ModelWeights* w) {
+  auto quantize = [](HostTensor& t) {
+    if (!t.empty() && t.dtype() != DType::kI8) t = HostTensor::QuantizedInt8(t);
+  };
+  for (LayerWeights& L : w->layers) {
+    for (HostTensor* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) quantize(*t);
+  }
+  if (w->lm_head.empty()) {
+    w->lm_head = HostTensor::QuantizedInt8(w->embed);
+  } else {
+    quantize(w->lm_head);
+  }
+  w->stats.resident_bytes = 0;
+  auto count = [&](const HostTensor& t) {
+    w->stats.resident_bytes += t.bytes() + t.rows() * (t.row_scales() ? 4 : 0);
+  };
+  count(w->embed);
+  count(w->lm_head);
+  count(w->final_norm);
+  for (const LayerWeights& L : w->layers) {
+    for (const HostTensor* t : {&L.attn_norm, &L.mlp_norm, &L.q, &L.k, &L.v, &L.q_bias, &L.k_bias, &L.v_bias,
+                                &L.q_norm, &L.k_norm, &L.o, &L.gate, &L.up, &L.down}) {
+      count(*t);
+    }
+  }
+}
+
 namespace {
 
 // Collects the slices one rank needs, then reads them (so the progress line knows the total).

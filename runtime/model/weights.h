@@ -32,6 +32,10 @@ class HostTensor {
   const void* row(int64_t r) const {
     return static_cast<const char*>(data()) + static_cast<size_t>(r * cols_) * kernels::DTypeSize(dtype_);
   }
+  // int8 weights: one scale per row (w = q * scale); nullptr for float dtypes.
+  const float* row_scales() const { return scales_.empty() ? nullptr : scales_.data(); }
+  // A per-row symmetric int8 copy of a float matrix.
+  static HostTensor QuantizedInt8(const HostTensor& src);
 
  private:
   struct Free {
@@ -40,6 +44,7 @@ class HostTensor {
   kernels::DType dtype_ = kernels::DType::kF32;
   int64_t rows_ = 0, cols_ = 0;
   std::unique_ptr<void, Free> data_;
+  std::vector<float> scales_;
 };
 
 struct LayerWeights {
@@ -71,6 +76,10 @@ struct ModelWeights {
 
   const HostTensor& logits_weight() const { return lm_head.empty() ? embed : lm_head; }
 };
+
+// --quantization int8: every projection matrix and the lm_head become per-row int8 (the
+// embedding rows and norms stay as loaded; a tied lm_head gets its own int8 copy).
+void QuantizeWeightsInt8(ModelWeights* w);
 
 // Reads this rank's shard. weight_dtype is the storage dtype of matrices (conversion happens
 // once at load). show_progress prints a progress line on stderr for large loads.

@@ -1,0 +1,14 @@
+// The VNNI build of the int8 kernels (see int8_avx512.h); only called when the CPU probe
+// reports avx512vnni.
+#include "cpu/int8_avx512.h"
+
+namespace tpserve::kernels {
+
+int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k) {
+  return int8_detail::DotI8Impl<true>(x, w, k);
+}
+void RowsI8Avx512Vnni(const int16_t* x, const int8_t* const* w, int k, int64_t* out) {
+  int8_detail::RowsI8Impl<kRowsI8, true>(x, w, k, out);
+}
+
+}  // namespace tpserve::kernels

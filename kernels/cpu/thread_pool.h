@@ -1,0 +1,22 @@
+// Threads of one rank for the kernels (`--threads N`): a fixed pool whose workers are pinned to
+// given CPUs and wait for work by spinning briefly, then sleeping, so a decode step's many small
+// matmuls do not pay a wake-up each. ParallelFor splits [0, total) into one contiguous chunk per
+// thread; the calling thread runs chunk 0. Chunks never change per-element arithmetic, so results
+// are bitwise the same at any thread count.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+namespace tpserve::kernels {
+
+// Sets the kernel threads of this process (1 = no pool) and pins thread i to cpus[i] when cpus is
+// non-empty (cpus.size() must then equal n). Call before any kernel runs, from the main thread.
+void SetThreads(int n, const std::vector<int>& cpus = {});
+int NumThreads();
+
+// fn(begin, end) over contiguous chunks of [0, total), at most NumThreads() of them, each at
+// least `grain` long. Runs inline when one chunk suffices. Not reentrant.
+void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn);
+
+}  // namespace tpserve::kernels

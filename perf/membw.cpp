@@ -1,0 +1,77 @@
+// STREAM-style read bandwidth at a given thread count, with the kernels' own pinned thread pool
+// (the same placement decode uses): every thread sums its contiguous part of a buffer much larger
+// than the caches with AVX-512 (or AVX2) loads; the best of several passes is reported.
+//   membw --threads N [--mib 2048] [--passes 5]   -> one JSON line {"threads","gb_per_s",...}
+#include <immintrin.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cpu/thread_pool.h"
+
+namespace {
+
+__attribute__((target("avx512f"))) float SumAvx512(const float* p, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+float SumPlain(const float* p, size_t n) {
+  float s[8] = {};
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) s[j] += p[i + j];
+  }
+  return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 1, passes = 5;
+  size_t mib = 2048;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    if (a == "--mib") mib = std::strtoull(argv[i + 1], nullptr, 10);
+    if (a == "--passes") passes = std::atoi(argv[i + 1]);
+  }
+  std::vector<int> cpus;
+  for (int t = 0; t < threads; ++t) cpus.push_back(t);
+  tpserve::kernels::SetThreads(threads, cpus);
+  const size_t n = mib * 1048576 / sizeof(float);
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  // First touch from the threads that will read each part.
+  tpserve::kernels::ParallelFor(static_cast<int>(n / 4096), 1, [&](int b, int e) {
+    std::memset(buf + size_t(b) * 4096, 0, size_t(e - b) * 4096 * sizeof(float));
+  });
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  double best = 0;
+  volatile float sink = 0;
+  for (int p = 0; p < passes; ++p) {
+    const auto t0 = std::chrono::steady_clock::now();
+    tpserve::kernels::ParallelFor(static_cast<int>(n / 4096), 1, [&](int b, int e) {
+      const float* part = buf + size_t(b) * 4096;
+      const size_t len = size_t(e - b) * 4096;
+      sink = sink + (avx512 ? SumAvx512(part, len) : SumPlain(part, len));
+    });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, n * sizeof(float) / s / 1e9);
+  }
+  std::cout
+      << nlohmann::json{{"threads", threads}, {"mib", mib}, {"passes", passes}, {"gb_per_s", best}}.dump()
+      << std::endl;
+  std::free(buf);
+  return 0;
+}
