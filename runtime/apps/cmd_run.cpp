@@ -67,7 +67,9 @@ int Run(const RunFlags& f, int argc, char** argv) {
   }
   if (!AllOk(*job.world, ValidateGenerateRequest(*job.model, prompt, f.gen))) return 1;
 
+  const double allreduce_before = job.tp->allreduce_seconds();
   auto result = Generate(*job.model, prompt, f.gen);
+  const double allreduce_s = job.tp->allreduce_seconds() - allreduce_before;
   if (!result.ok()) {  // mid-generation: peers may sit in a collective, so end the whole job
     log::Error("generation failed: {}", result.status().message());
     MpiEnv::Abort(1);
@@ -85,7 +87,8 @@ int Run(const RunFlags& f, int argc, char** argv) {
                              {{"prompt_tokens", prompt.size()},
                               {"completion_tokens", r.token_ids.size()},
                               {"time_to_first_token_s", r.prefill_seconds},
-                              {"decode_time_s", r.decode_seconds}}}};
+                              {"decode_time_s", r.decode_seconds},
+                              {"allreduce_s", allreduce_s}}}};
       if (tok) out["text"] = text;
       std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     } else if (tok) {

@@ -36,6 +36,10 @@ class Communicator {
   // message size, so results do not depend on the batch a token shares (the library's own
   // algorithms may pick another summation order by size). Default: off (the library's fastest).
   virtual void SetDeterministic(bool on) { (void)on; }
+
+  // Wall time this rank has spent inside AllReduceSum (waiting for peers included), for the
+  // decode benchmark's all-reduce share. 0 where not measured.
+  virtual double allreduce_seconds() const { return 0; }
 };
 
 // Broadcasts a vector of trivially copyable T from root: the size first, then the bytes.

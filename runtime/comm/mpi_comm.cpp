@@ -159,6 +159,13 @@ Status MpiComm::Wait(void* request_ptr, const char* op) {
 
 Status MpiComm::AllReduceSum(float* data, size_t count) {
   if (size_ == 1) return Status();
+  const auto t0 = std::chrono::steady_clock::now();
+  Status st = AllReduceSumImpl(data, count);
+  allreduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+Status MpiComm::AllReduceSumImpl(float* data, size_t count) {
   if (deterministic_ && count * size_ * sizeof(float) <= static_cast<size_t>(INT_MAX)) {
     // Every rank gathers all contributions and sums them in rank order: ((c0 + c1) + c2) + ...
     gather_scratch_.resize(count * size_);

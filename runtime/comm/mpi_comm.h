@@ -62,6 +62,7 @@ class MpiComm final : public Communicator {
                 int root) override;
   Status Barrier() override;
   void SetDeterministic(bool on) override { deterministic_ = on; }
+  double allreduce_seconds() const override { return allreduce_seconds_; }
 
   // Deadline for every collective (all MpiComm instances). Default 600 s; TPSERVE_COLLECTIVE_TIMEOUT
   // (seconds) overrides it at start-up.
@@ -69,6 +70,8 @@ class MpiComm final : public Communicator {
   static double CollectiveTimeout();
 
  private:
+  Status AllReduceSumImpl(float* data, size_t count);
+  double allreduce_seconds_ = 0;
   struct Impl;
   MpiComm(std::unique_ptr<Impl> impl, std::string name);
   Status Wait(void* request, const char* op);
