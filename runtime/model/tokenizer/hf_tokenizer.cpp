@@ -13,6 +13,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "model/tokenizer/internal.h"
 #include "model/tokenizer/tokenizer.h"
 #include "model/tokenizer/utf8.h"
 
@@ -217,24 +218,14 @@ class HfTokenizer final : public Tokenizer {
   std::vector<AddedToken> added_tokens_;
   std::array<std::vector<int>, 256> added_by_first_byte_;  // indices, longest first
 
-  mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, utf8::StringHash, std::equal_to<>> cache_;
+  tokenizer_internal::WordCache cache_;
 };
 
 Status HfTokenizer::Load(const std::string& path, const std::string& config_path) {
   path_ = path;
   config_.source = path;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return TPS_ERROR("cannot open tokenizer file {}", path);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(buf.str());
-  } catch (const json::exception& e) {
-    return TPS_ERROR("{} is not valid JSON ({}); re-download the tokenizer.json of the model", path,
-                     e.what());
-  }
+  TPS_ASSIGN_OR_RETURN(json j,
+                       tokenizer_internal::ReadJsonFile(path, "re-download the tokenizer.json of the model"));
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {
     return TPS_ERROR("{}: missing object 'model' (is this a Hugging Face tokenizer.json?)", path);
   }
@@ -710,22 +701,10 @@ void HfTokenizer::Bpe(const std::string& word, std::vector<int32_t>* out) const 
       return;
     }
   }
-  constexpr size_t kMaxCachedWord = 128, kMaxCacheEntries = 1 << 17;
-  if (word.size() <= kMaxCachedWord) {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) {
-      out->insert(out->end(), it->second.begin(), it->second.end());
-      return;
-    }
-  }
+  if (cache_.Lookup(word, out)) return;
   const size_t first = out->size();
   BpeUncached(word, out);
-  if (word.size() <= kMaxCachedWord) {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-    cache_.emplace(word, std::vector<int32_t>(out->begin() + first, out->end()));
-  }
+  cache_.Store(word, out->data() + first, out->size() - first);
 }
 
 // The BPE merge loop: start from characters (or byte tokens), repeatedly merge the adjacent pair

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "model/tokenizer/internal.h"
 #include "model/tokenizer/tokenizer.h"
 #include "model/tokenizer/utf8.h"
 #include "sentencepiece_model.pb.h"
@@ -41,9 +42,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<int> types_;
-  template <typename V>
-  using PieceMapOf = std::unordered_map<std::string, V, utf8::StringHash, std::equal_to<>>;
-  using PieceMap = PieceMapOf<int32_t>;
+  using PieceMap = std::unordered_map<std::string, int32_t, utf8::StringHash, std::equal_to<>>;
   PieceMap normal_;                        // NORMAL, USER_DEFINED, UNUSED: mergeable
   PieceMap reserved_;                      // CONTROL, UNKNOWN, BYTE
   std::vector<std::string> user_defined_;  // matched whole, longest first
@@ -54,8 +53,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   bool add_bos_ = true, add_eos_ = false;
   bool word_split_ = false;  // no piece has "▁" after another character: BPE word by word
 
-  mutable std::mutex cache_mu_;
-  mutable PieceMapOf<std::vector<int32_t>> cache_;
+  tokenizer_internal::WordCache cache_;
 };
 
 Status SentencePieceTokenizer::Load(const std::string& path, const std::string& config_path) {
@@ -182,21 +180,10 @@ Result<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view tex
 }
 
 void SentencePieceTokenizer::EncodeWordCached(std::string_view word, std::vector<int32_t>* ids) const {
-  constexpr size_t kMaxCachedWord = 128, kMaxCacheEntries = 1 << 17;
-  if (word.size() > kMaxCachedWord) return EncodeWord(word, ids);
-  {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) {
-      ids->insert(ids->end(), it->second.begin(), it->second.end());
-      return;
-    }
-  }
+  if (cache_.Lookup(word, ids)) return;
   const size_t first = ids->size();
   EncodeWord(word, ids);
-  std::lock_guard<std::mutex> lock(cache_mu_);
-  if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-  cache_.emplace(std::string(word), std::vector<int32_t>(ids->begin() + first, ids->end()));
+  cache_.Store(word, ids->data() + first, ids->size() - first);
 }
 
 void SentencePieceTokenizer::EncodeWord(std::string_view norm, std::vector<int32_t>* out) const {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/tokenizer/internal.h"
 #include "model/tokenizer/utf8.h"
 
 namespace tpserve {
@@ -56,20 +57,43 @@ Result<std::string> TokenText(const json& j, const std::string& key, const std::
 }
 }  // namespace
 
+namespace tokenizer_internal {
+
+Result<nlohmann::json> ReadJsonFile(const std::string& path, const std::string& fix) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return TPS_ERROR("cannot open {}", path);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buf.str());
+  } catch (const nlohmann::json::exception& e) {
+    return TPS_ERROR("{} is not valid JSON ({}); {}", path, e.what(), fix);
+  }
+}
+
+bool WordCache::Lookup(std::string_view word, std::vector<int32_t>* out) const {
+  if (word.size() > kMaxWord) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(word);
+  if (it == map_.end()) return false;
+  out->insert(out->end(), it->second.begin(), it->second.end());
+  return true;
+}
+
+void WordCache::Store(std::string_view word, const int32_t* ids, size_t n) const {
+  if (word.size() > kMaxWord) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (map_.size() >= kMaxEntries) map_.clear();
+  map_.emplace(std::string(word), std::vector<int32_t>(ids, ids + n));
+}
+
+}  // namespace tokenizer_internal
+
 Status ReadTokenizerConfig(const std::string& path,
                            const std::function<std::optional<int32_t>(const std::string&)>& token_to_id,
                            TokenizerConfig* config) {
   config->config_source = path;
-  std::ifstream in(path);
-  if (!in) return TPS_ERROR("cannot open {}", path);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(buf.str());
-  } catch (const json::exception& e) {
-    return TPS_ERROR("{} is not valid JSON ({})", path, e.what());
-  }
+  TPS_ASSIGN_OR_RETURN(json j, tokenizer_internal::ReadJsonFile(path, "fix or remove the file"));
   if (!j.is_object()) return TPS_ERROR("{}: expected a JSON object", path);
   for (const char* key : {"bos_token", "eos_token"}) {
     TPS_ASSIGN_OR_RETURN(std::string text, TokenText(j, key, path));
