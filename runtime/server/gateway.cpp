@@ -2,6 +2,10 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -337,6 +341,17 @@ class HealthService final : public health::Health::Service {
   Shared& sh_;
 };
 
+void LowerOwnPriority() {
+  sched_param param{};
+  param.sched_priority = 0;
+  if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &param) != 0) {
+    log::Debug("gateway threads: SCHED_BATCH not available");
+  }
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 5) != 0) {
+    log::Debug("gateway threads: cannot raise nice");
+  }
+}
+
 Result<std::string> ReadFile(const std::string& path, const char* flag) {
   std::ifstream in(path);
   if (!in) return TPS_ERROR("{} '{}' cannot be read", flag, path);
@@ -363,9 +378,24 @@ int Gateway::port() const {
   return impl_->port;
 }
 
+// gRPC's threads (its executors, timers, pollers and handlers) are all born in a thread that runs
+// SCHED_BATCH at nice +5, and inherit that: on a host where every core runs a rank, a streamed
+// token then waits until rank 0's engine thread blocks instead of preempting it mid-step (which
+// would stall the all-reduce partner too). Rank 0's own thread keeps its normal priority.
 Result<std::unique_ptr<Gateway>> Gateway::Start(const GatewayOptions& opts, const GatewayInfo& info,
                                                 RequestQueue& queue, const ServerCounters& counters,
                                                 Validator validate) {
+  Result<std::unique_ptr<Gateway>> result = Status();
+  std::thread([&] {
+    LowerOwnPriority();
+    result = StartHere(opts, info, queue, counters, std::move(validate));
+  }).join();
+  return result;
+}
+
+Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, const GatewayInfo& info,
+                                                    RequestQueue& queue, const ServerCounters& counters,
+                                                    Validator validate) {
   auto impl = std::make_unique<Impl>();
   impl->shared.opts = opts;
   impl->shared.info = info;

@@ -51,6 +51,9 @@ class Gateway {
   void Shutdown();
 
  private:
+  static Result<std::unique_ptr<Gateway>> StartHere(const GatewayOptions& opts, const GatewayInfo& info,
+                                                    RequestQueue& queue, const ServerCounters& counters,
+                                                    Validator validate);
   struct Impl;
   explicit Gateway(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
