@@ -1,0 +1,114 @@
+// Peak matrix throughput of this CPU at a given thread count, measured by register-resident
+// microkernels (the ceiling prefill is compared with): AVX-512 FMA f32 (12 independent chains of
+// vfmadd231ps) and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident tiles).
+//   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops"}
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cpu/thread_pool.h"
+
+namespace {
+
+constexpr int64_t kIters = 20'000'000;
+
+__attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
+  __m512 a[12];
+  for (int j = 0; j < 12; ++j) a[j] = _mm512_set1_ps(0.001f * j);
+  const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int j = 0; j < 12; ++j) a[j] = _mm512_fmadd_ps(a[j], x, y);
+  }
+  __m512 s = a[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, a[j]);
+  return _mm512_reduce_add_ps(s);
+}
+
+// AMX needs the kernel's permission for the tile state (Linux 5.16+).
+bool AmxUsable() {
+  if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile")) return false;
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// C tiles 0..3 (16x16 f32) += A tiles 4,5 (16x32 bf16) x B tiles 6,7: 4 independent TDPBF16PS,
+// each 16*16*32*2 = 16384 flops.
+__attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) static uint16_t buf[16 * 32];
+  for (auto& v : buf) v = 0x3c00;
+  alignas(64) static float cbuf[16 * 16] = {};
+  for (int t = 0; t < 4; ++t) {
+    switch (t) {
+      case 0: _tile_loadd(0, cbuf, 64); break;
+      case 1: _tile_loadd(1, cbuf, 64); break;
+      case 2: _tile_loadd(2, cbuf, 64); break;
+      default: _tile_loadd(3, cbuf, 64); break;
+    }
+  }
+  _tile_loadd(4, buf, 64);
+  _tile_loadd(5, buf, 64);
+  _tile_loadd(6, buf, 64);
+  _tile_loadd(7, buf, 64);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, cbuf, 64);
+  _tile_release();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 1;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::string(argv[i]) == "--threads") threads = std::atoi(argv[i + 1]);
+  }
+  std::vector<int> cpus;
+  for (int t = 0; t < threads; ++t) cpus.push_back(t);
+  tpserve::kernels::SetThreads(threads, cpus);
+  nlohmann::json out = {{"threads", threads}};
+  if (__builtin_cpu_supports("avx512f")) {
+    volatile float sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { sink = sink + FmaLoop(kIters / 4); });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out["avx512_fma_f32_gflops"] = threads * (kIters / 4) * 12.0 * 16 * 2 / s / 1e9;
+  }
+  // Each thread asks for the AMX permission (it is per process, but cheap to repeat).
+  if (AmxUsable()) {
+    const int64_t iters = kIters / 20;
+    const auto t0 = std::chrono::steady_clock::now();
+    tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { AmxLoop(iters); });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out["amx_bf16_gflops"] = threads * iters * 4.0 * 16384 / s / 1e9;
+  } else {
+    out["amx_bf16_gflops"] = nullptr;
+    out["amx_note"] = "AMX not available (CPU flags or the kernel's arch_prctl permission)";
+  }
+  std::cout << out.dump() << std::endl;
+  return 0;
+}
