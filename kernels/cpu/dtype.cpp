@@ -119,8 +119,9 @@ float QuantizeRowInt8(const float* w, int k, int8_t* q) {
   for (int i = 0; i < k; ++i) amax = std::max(amax, std::abs(w[i]));
   const float scale = amax / 127.0f;
   const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-  for (int i = 0; i < k; ++i) {
-    q[i] = static_cast<int8_t>(std::clamp(std::lround(w[i] * inv), -127l, 127l));
+  for (int i = 0; i < k; ++i) {  // round half away from zero; |w * inv| <= 127
+    const float v = w[i] * inv;
+    q[i] = static_cast<int8_t>(v + (v >= 0.0f ? 0.5f : -0.5f));
   }
   return scale;
 }
