@@ -507,6 +507,7 @@ TEST_F(GatewayText, TextChatStopStringsAndTokenizeRpcs) {
     }
   }
   ASSERT_FALSE(stop.empty()) << "no two-token window of the output decodes on its own";
+  const pb::ServerInfo before_stop = server.Info();
   pb::GenerateRequest with_stop = TextRequest(prompt, 24);
   with_stop.add_stop("no such text anywhere");
   with_stop.add_stop(stop);
@@ -515,6 +516,12 @@ TEST_F(GatewayText, TextChatStopStringsAndTokenizeRpcs) {
   EXPECT_EQ(stopped.text, full.substr(0, full.find(stop))) << "stop " << nlohmann::json(stop).dump();
   EXPECT_EQ(stopped.final.finish_reason(), pb::FINISH_REASON_STOP);
   EXPECT_LT(stopped.ids.size(), by_text.ids.size());
+  // A stop string finishes the request (it is not counted as cancelled), and frees its blocks.
+  for (int i = 0; i < 100 && server.Info().finished_requests() == before_stop.finished_requests(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(server.Info().finished_requests(), before_stop.finished_requests() + 1);
+  EXPECT_EQ(server.Info().cancelled_requests(), before_stop.cancelled_requests());
 
   // Chat: rendered with the model's template, encoded without extra BOS.
   pb::GenerateRequest chat;

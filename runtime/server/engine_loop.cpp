@@ -44,7 +44,8 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       std::lock_guard<std::mutex> lock(counters.mu);
       counters.draining = true;
     }
-    StepPlan plan = queue.TakePlan();
+    int finished_by_gateway = 0;  // stop strings: cancelled in the engine, finished for the client
+    StepPlan plan = queue.TakePlan(&finished_by_gateway);
     if (draining && Clock::now() >= drain_deadline) {
       const auto ids =
           queue.AbortAll("the server is shutting down: request cancelled at the end of the grace period");
@@ -79,7 +80,8 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
       for (const TokenEvent& e : events) counters.finished += e.finish != FinishReason::kNone;
-      counters.cancelled += static_cast<int64_t>(plan.cancel.size());
+      counters.cancelled += static_cast<int64_t>(plan.cancel.size()) - finished_by_gateway;
+      counters.finished += finished_by_gateway;
     }
     queue.Deliver(events);
     if (engine.HasWork() && now - last_log >= std::chrono::seconds(10)) {

@@ -188,7 +188,7 @@ class TpServeService final : public pb::TpServe::Service {
         msg.mutable_text()->append(d.text);
         if (d.stopped) {  // a stop string: this request ends here, whatever the engine does next
           finish = FinishReason::kStop;
-          sh_.queue->Cancel(ch->id());
+          sh_.queue->Cancel(ch->id(), /*finished=*/true);
           break;
         }
       }

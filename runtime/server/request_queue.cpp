@@ -56,7 +56,7 @@ Result<std::shared_ptr<RequestChannel>> RequestQueue::Submit(RequestSpec spec) {
   return ch;
 }
 
-void RequestQueue::Cancel(uint64_t id) {
+void RequestQueue::Cancel(uint64_t id, bool finished) {
   std::lock_guard<std::mutex> lock(mu_);
   if (active_.erase(id) == 0) return;  // already finished
   // Not yet handed to the engine: just drop it from the pending list.
@@ -66,15 +66,18 @@ void RequestQueue::Cancel(uint64_t id) {
     pending_add_.erase(it);
   } else {
     pending_cancel_.push_back(id);
+    pending_finished_ += finished;
   }
   cv_.notify_all();
 }
 
-StepPlan RequestQueue::TakePlan() {
+StepPlan RequestQueue::TakePlan(int* finished) {
   std::lock_guard<std::mutex> lock(mu_);
   StepPlan plan;
   plan.add.swap(pending_add_);
   plan.cancel.swap(pending_cancel_);
+  if (finished != nullptr) *finished = pending_finished_;
+  pending_finished_ = 0;
   return plan;
 }
 

@@ -56,10 +56,13 @@ class RequestQueue {
 
   // Gateway side. Fails when draining (shutdown) or when too many requests are queued.
   Result<std::shared_ptr<RequestChannel>> Submit(RequestSpec spec);
-  void Cancel(uint64_t id);
+  // finished: the gateway ended the request itself (a stop string matched), so the server's
+  // statistics count it as finished rather than cancelled.
+  void Cancel(uint64_t id, bool finished = false);
 
-  // Engine side. Moves pending submissions and cancellations into a plan.
-  StepPlan TakePlan();
+  // Engine side. Moves pending submissions and cancellations into a plan; *finished (optional)
+  // gets how many of the cancellations were requests the gateway finished (stop strings).
+  StepPlan TakePlan(int* finished = nullptr);
   // Blocks until something is pending or `timeout` passes.
   void WaitForWork(std::chrono::milliseconds timeout);
   void Deliver(const std::vector<TokenEvent>& events);
@@ -78,6 +81,7 @@ class RequestQueue {
   std::string closed_reason_;
   std::vector<RequestSpec> pending_add_;
   std::vector<uint64_t> pending_cancel_;
+  int pending_finished_ = 0;  // of pending_cancel_, those the gateway finished
   std::map<uint64_t, std::shared_ptr<RequestChannel>> active_;
 };
 
