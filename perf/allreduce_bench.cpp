@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
     std::cout << nlohmann::json{{"bench", "MpiComm::AllReduceSum (float sum, in place)"},
                                 {"ranks", n},
                                 {"mpi", MpiEnv::LibraryVersion().substr(0, 60)},
-                                {"convention", "nccl-tests: busbw = algbw * 2(n-1)/n, median over iterations"},
+                                {"convention",
+                                 "nccl-tests: busbw = algbw * 2(n-1)/n, median over iterations"},
                                 {"points", points}}
                      .dump(2)
               << std::endl;

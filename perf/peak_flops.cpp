@@ -60,10 +60,18 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
   alignas(64) static float cbuf[16 * 16] = {};
   for (int t = 0; t < 4; ++t) {
     switch (t) {
-      case 0: _tile_loadd(0, cbuf, 64); break;
-      case 1: _tile_loadd(1, cbuf, 64); break;
-      case 2: _tile_loadd(2, cbuf, 64); break;
-      default: _tile_loadd(3, cbuf, 64); break;
+      case 0:
+        _tile_loadd(0, cbuf, 64);
+        break;
+      case 1:
+        _tile_loadd(1, cbuf, 64);
+        break;
+      case 2:
+        _tile_loadd(2, cbuf, 64);
+        break;
+      default:
+        _tile_loadd(3, cbuf, 64);
+        break;
     }
   }
   _tile_loadd(4, buf, 64);
