@@ -33,10 +33,7 @@ Result<std::vector<int32_t>> SharePrompt(Job& job, const std::string& text, cons
     }
   }
   if (!AllOk(*job.world, st)) return TPS_ERROR("--prompt could not be encoded");
-  uint64_t n = ids.size();
-  TPS_RETURN_IF_ERROR(job.world->Broadcast(&n, sizeof(n), 0));
-  ids.resize(n);
-  TPS_RETURN_IF_ERROR(job.world->Broadcast(ids.data(), n * sizeof(int32_t), 0));
+  TPS_RETURN_IF_ERROR(BroadcastVector(*job.world, ids, 0));
   return ids;
 }
 
