@@ -27,30 +27,21 @@ HostTensor HostTensor::QuantizedInt8(const HostTensor& src) {
 }
 
 void QuantizeWeightsInt8(ModelWeights* w) {
-  auto quantize = [](HostTensor& t) {
-    if (!t.empty() && t.dtype() != DType::kI8) t = HostTensor::QuantizedInt8(t);
+  // resident_bytes follows each replacement: the old tensor's bytes out, the int8 copy's in.
+  auto resident = [](const HostTensor& t) {
+    return t.bytes() + (t.row_scales() ? t.rows() * sizeof(float) : 0);
+  };
+  auto replace = [&](HostTensor& dst, const HostTensor& src) {
+    if (src.empty() || src.dtype() == DType::kI8) return;
+    HostTensor q = HostTensor::QuantizedInt8(src);
+    w->stats.resident_bytes -= dst.empty() ? 0 : resident(dst);
+    w->stats.resident_bytes += resident(q);
+    dst = std::move(q);
   };
   for (LayerWeights& L : w->layers) {
-    for (HostTensor* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) quantize(*t);
+    for (HostTensor* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) replace(*t, *t);
   }
-  if (w->lm_head.empty()) {
-    w->lm_head = HostTensor::QuantizedInt8(w->embed);
-  } else {
-    quantize(w->lm_head);
-  }
-  w->stats.resident_bytes = 0;
-  auto count = [&](const HostTensor& t) {
-    w->stats.resident_bytes += t.bytes() + t.rows() * (t.row_scales() ? 4 : 0);
-  };
-  count(w->embed);
-  count(w->lm_head);
-  count(w->final_norm);
-  for (const LayerWeights& L : w->layers) {
-    for (const HostTensor* t : {&L.attn_norm, &L.mlp_norm, &L.q, &L.k, &L.v, &L.q_bias, &L.k_bias, &L.v_bias,
-                                &L.q_norm, &L.k_norm, &L.o, &L.gate, &L.up, &L.down}) {
-      count(*t);
-    }
-  }
+  replace(w->lm_head, w->lm_head.empty() ? w->embed : w->lm_head);  // tied: an int8 copy of embed
 }
 
 namespace {
