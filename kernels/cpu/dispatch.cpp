@@ -84,16 +84,6 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
 
 }  // namespace
 
-float QuantizeRowInt16(const float* x, int k, int16_t* q) {
-  float amax = 0;
-  for (int i = 0; i < k; ++i) amax = std::max(amax, std::abs(x[i]));
-  const float scale = amax / 32767.0f;
-  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-  for (int i = 0; i < k; ++i)
-    q[i] = static_cast<int16_t>(std::clamp(std::lround(x[i] * inv), -32767l, 32767l));
-  return scale;
-}
-
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
               float* y, const float* row_scales) {
   if (wt == DType::kI8) return MatmulInt8(kt, x, n, static_cast<const int8_t*>(w), m, k, y, row_scales);

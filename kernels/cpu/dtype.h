@@ -43,5 +43,7 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
 // Quantizes one row of k f32 values to int8 with a symmetric per-row scale: scale = max|w| / 127,
 // q = round(w / scale) (0 and scale 0 for an all-zero row). Returns the scale.
 float QuantizeRowInt8(const float* w, int k, int8_t* q);
+// The same for one activation row to int16: scale = max|x| / 32767.
+float QuantizeRowInt16(const float* x, int k, int16_t* q);
 
 }  // namespace tpserve::kernels

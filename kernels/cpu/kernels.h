@@ -46,10 +46,6 @@ struct CpuKernelTable {
   RowsI8Fn rows_i8 = nullptr;  // nullptr: dot_i8 per row
 };
 
-// Quantizes one activation row to int16: scale = max|x| / 32767, q = round(x / scale). Returns
-// the scale (0 for an all-zero row).
-float QuantizeRowInt16(const float* x, int k, int16_t* q);
-
 const CpuKernelTable& PortableKernels();
 const CpuKernelTable* Avx2Kernels();    // nullptr when not compiled in
 const CpuKernelTable* Avx512Kernels();  // nullptr when not compiled in
