@@ -1,5 +1,7 @@
 #include "model/tokenizer/chat_template.h"
 
+#include <utf8proc.h>
+
 #include <cstdint>
 
 namespace tpserve {
@@ -31,14 +33,12 @@ bool IsJsSpace(uint32_t cp) {
          cp == 0x205F || cp == 0x3000 || cp == 0xFEFF;
 }
 
-// Decodes the code point at s[i] (s is valid UTF-8); sets len.
+// The code point at s[i] (s is valid UTF-8: RenderChat checks), through utf8proc; sets len.
 uint32_t CodePointAt(const std::string& s, size_t i, int* len) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return *len = 1, c;
-  if (c < 0xE0) return *len = 2, ((c & 0x1F) << 6) | (s[i + 1] & 0x3F);
-  if (c < 0xF0) return *len = 3, ((c & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
-  *len = 4;
-  return ((c & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
+  utf8proc_int32_t cp = 0;
+  *len = static_cast<int>(utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                           static_cast<utf8proc_ssize_t>(s.size() - i), &cp));
+  return static_cast<uint32_t>(cp);
 }
 
 // String trimming as @huggingface/jinja (the renderer transformers.js uses) implements it:
