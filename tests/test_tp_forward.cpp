@@ -59,6 +59,31 @@ double RelError(const std::vector<float>& got, const std::vector<double>& want) 
   return num / den;
 }
 
+// Teacher-forced decoding against the float64 reference: prefills `prompt` on the engine and the
+// reference, then for `steps` steps calls on_step(step, local logits, full logits, reference
+// logits) (the last two on rank 0 only; empty elsewhere) and feeds every rank the reference's
+// greedy token.
+using StepCheck = std::function<void(int step, const std::vector<float>& local, const std::vector<float>& got,
+                                     const std::vector<double>& want)>;
+void TeacherForce(LlamaModel& model, Communicator& comm, ReferenceLlama* ref, KvCachePool& pool,
+                  SequenceKv& seq, const std::vector<int32_t>& prompt, int steps, const StepCheck& on_step) {
+  std::vector<float> local(model.local_vocab());
+  ASSERT_TRUE(model.Forward(prompt.data(), static_cast<int>(prompt.size()), seq, pool, local.data()).ok());
+  std::vector<double> want;
+  if (ref) {
+    for (int32_t t : prompt) want = ref->Step(t);
+  }
+  for (int step = 0; step < steps; ++step) {
+    const std::vector<float> got = GatherLogits(model, local);
+    on_step(step, local, got, want);
+    int32_t next = 0;
+    if (ref) next = static_cast<int32_t>(std::max_element(want.begin(), want.end()) - want.begin());
+    ASSERT_TRUE(comm.Broadcast(&next, sizeof(next), 0).ok());
+    ASSERT_TRUE(model.Forward(&next, 1, seq, pool, local.data()).ok());
+    if (ref) want = ref->Step(next);
+  }
+}
+
 class TpForward : public ::testing::TestWithParam<SyntheticSpec> {
  protected:
   void SetUp() override { world_ = MpiComm::World(); }
@@ -85,42 +110,34 @@ TEST_P(TpForward, LogitsMatchFloat64Reference) {
     ASSERT_TRUE(pool.Allocate(1, &seq.blocks));
     ASSERT_TRUE(pool.Allocate(1, &other.blocks));
   }
-  std::vector<float> local(model.local_vocab());
-  ASSERT_TRUE(model.Forward(prompt.data(), static_cast<int>(prompt.size()), seq, pool, local.data()).ok());
-  std::vector<double> want;
-  if (ref) {
-    for (int32_t t : prompt) want = ref->Step(t);
-  }
   double worst = 0;
-  for (int step = 0; step < 24; ++step) {
-    std::vector<float> got = GatherLogits(model, local);
-    int32_t next = 0;
-    if (ref) {
-      const double err = RelError(got, want);
-      worst = std::max(worst, err);
-      EXPECT_LE(err, 1e-4) << "step " << step;
-      next = static_cast<int32_t>(std::max_element(want.begin(), want.end()) - want.begin());
-    }
-    // The chosen token's log-probability, greedy (distributed log-sum-exp) and sampled (rank 0).
-    for (float temperature : {0.0f, 0.7f}) {
-      SamplingParams sp;
-      sp.temperature = temperature;
-      std::vector<float> scratch = local;
-      std::mt19937_64 rng(step);
-      auto choice = SelectToken(model, scratch.data(), sp, {}, /*want_logprob=*/true, rng);
-      ASSERT_TRUE(choice.ok()) << choice.status().message();
-      if (ref) {
-        const double mx = *std::max_element(want.begin(), want.end());
-        double z = 0;
-        for (double v : want) z += std::exp(v - mx);
-        const double ref_lp = want[choice->token] - mx - std::log(z);
-        EXPECT_NEAR(choice->logprob, ref_lp, 1e-4 * (1 + std::abs(ref_lp))) << "temperature " << temperature;
-      }
-    }
-    ASSERT_TRUE(world_->Broadcast(&next, sizeof(next), 0).ok());
-    ASSERT_TRUE(model.Forward(&next, 1, seq, pool, local.data()).ok());
-    if (ref) want = ref->Step(next);
-  }
+  TeacherForce(model, *world_, ref.get(), pool, seq, prompt, 24,
+               [&](int step, const std::vector<float>& local, const std::vector<float>& got,
+                   const std::vector<double>& want) {
+                 if (ref) {
+                   const double err = RelError(got, want);
+                   worst = std::max(worst, err);
+                   EXPECT_LE(err, 1e-4) << "step " << step;
+                 }
+                 // The chosen token's log-probability, greedy (distributed log-sum-exp) and sampled
+                 // (rank 0).
+                 for (float temperature : {0.0f, 0.7f}) {
+                   SamplingParams sp;
+                   sp.temperature = temperature;
+                   std::vector<float> scratch = local;
+                   std::mt19937_64 rng(step);
+                   auto choice = SelectToken(model, scratch.data(), sp, {}, /*want_logprob=*/true, rng);
+                   ASSERT_TRUE(choice.ok()) << choice.status().message();
+                   if (ref) {
+                     const double mx = *std::max_element(want.begin(), want.end());
+                     double z = 0;
+                     for (double v : want) z += std::exp(v - mx);
+                     const double ref_lp = want[choice->token] - mx - std::log(z);
+                     EXPECT_NEAR(choice->logprob, ref_lp, 1e-4 * (1 + std::abs(ref_lp)))
+                         << "temperature " << temperature;
+                   }
+                 }
+               });
   if (ref) RecordProperty("worst_rel_error", fmt::format("{:.3g}", worst));
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
@@ -318,27 +335,17 @@ TEST(Int8, LogitsStayCloseToTheFloat64Reference) {
     KvCachePool pool(model.config(), model.weights().shard, 16, /*block_size=*/4);
     SequenceKv seq;
     ASSERT_TRUE(pool.Allocate(10, &seq.blocks));
-    std::vector<float> local(model.local_vocab());
-    ASSERT_TRUE(model.Forward(prompt.data(), static_cast<int>(prompt.size()), seq, pool, local.data()).ok());
-    std::vector<double> want;
-    if (ref) {
-      for (int32_t t : prompt) want = ref->Step(t);
-    }
     double worst = 0;
     int agree = 0;
     const int steps = 24;
-    for (int step = 0; step < steps; ++step) {
-      std::vector<float> got = GatherLogits(model, local);
-      int32_t next = 0;
-      if (ref) {
-        worst = std::max(worst, RelError(got, want));
-        next = static_cast<int32_t>(std::max_element(want.begin(), want.end()) - want.begin());
-        agree += static_cast<int32_t>(std::max_element(got.begin(), got.end()) - got.begin()) == next;
-      }
-      ASSERT_TRUE(world->Broadcast(&next, sizeof(next), 0).ok());
-      ASSERT_TRUE(model.Forward(&next, 1, seq, pool, local.data()).ok());
-      if (ref) want = ref->Step(next);
-    }
+    TeacherForce(
+        model, *world, ref.get(), pool, seq, prompt, steps,
+        [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
+          if (!ref) return;
+          worst = std::max(worst, RelError(got, want));
+          agree += std::max_element(got.begin(), got.end()) - got.begin() ==
+                   std::max_element(want.begin(), want.end()) - want.begin();
+        });
     if (ref) {
       std::printf("int8 (%s): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
                   tied ? "tied" : "untied", worst, agree, steps);
