@@ -285,12 +285,14 @@ TEST(Kernels, RopeRotateHalf) {
 }
 
 TEST(Kernels, SiluMul) {
-  const std::vector<float> g = Random(101, 4, 8.0f), u = Random(101, 5);
-  std::vector<float> out(101);
-  SiluMul(g.data(), u.data(), 101, out.data());
-  for (int i = 0; i < 101; ++i) {
-    const double want = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
-    ASSERT_NEAR(out[i], want, 1e-6 * (1 + std::abs(want)));
+  for (float range : {8.0f, 120.0f}) {  // 120: exp(-g) far outside the float range both ways
+    const std::vector<float> g = Random(101, 4, range), u = Random(101, 5);
+    std::vector<float> out(101);
+    SiluMul(g.data(), u.data(), 101, out.data());
+    for (int i = 0; i < 101; ++i) {
+      const double want = g[i] / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
+      ASSERT_NEAR(out[i], want, 1e-6 * (1 + std::abs(want))) << "g " << g[i];
+    }
   }
 }
 

@@ -207,7 +207,10 @@ int CompareBatchedWithSolo(LlamaModel& model, std::vector<std::vector<int32_t>> 
 }
 
 // Three sequences of different lengths in one batched pass (prefill, then decode steps with a
-// mix of prefill and decode rows) give the same logits as each sequence run alone.
+// mix of prefill and decode rows) give the same logits as each sequence run alone. Batches of
+// kGemmMinRows rows or more go through the GEMMs and solo steps through the dot kernels, whose
+// f32 sums are ordered differently: equal to 1e-4, the tolerance against the float64 reference
+// (bitwise equality is the deterministic mode's, below).
 TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
   const std::string dir = SharedSyntheticModel(*world_, GetParam(), "batch");
   auto model_or = LoadModel(Opts(dir), *world_);
@@ -219,7 +222,7 @@ TEST_P(TpForward, BatchedForwardEqualsSoloForward) {
       model, {{1, 5, 9}, {1}, {1, 300, 301, 302, 303, 304, 305}}, {0, 1, 0}, 6, /*block_size=*/4,
       [v](int step, int seq, const float* got, const float* want) {
         for (int j = 0; j < v; ++j) {
-          ASSERT_NEAR(got[j], want[j], 1e-5f * (1 + std::abs(want[j]))) << "step " << step << " seq " << seq;
+          ASSERT_NEAR(got[j], want[j], 1e-4f * (1 + std::abs(want[j]))) << "step " << step << " seq " << seq;
         }
       });
   EXPECT_EQ(compared, 17);
@@ -235,7 +238,7 @@ TEST_P(TpForward, DeterministicBf16BatchedLogitsAreBitwiseSolo) {
   auto model_or = LoadModel(Opts(dir), *world_);
   ASSERT_TRUE(model_or.ok()) << model_or.status().message();
   LlamaModel& model = *model_or.value();
-  model.tp().SetDeterministic(true);
+  model.SetDeterministic(true);
   const int v = model.local_vocab();
   std::vector<std::vector<int32_t>> prompts(5);
   for (int i = 0; i < 5; ++i) {
@@ -248,7 +251,7 @@ TEST_P(TpForward, DeterministicBf16BatchedLogitsAreBitwiseSolo) {
                                                     << "step " << step << " seq " << seq;
                                               });
   EXPECT_EQ(compared, 15);
-  model.tp().SetDeterministic(false);
+  model.SetDeterministic(false);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 

@@ -78,7 +78,11 @@ void RmsNorm(const float* x, const float* weight, int n, float eps, float* y);
 // cos_sin: (d/2) cos values followed by (d/2) sin values for this position.
 void RopeRotateHalf(float* x, int head_dim, const float* cos_sin);
 
-// out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
+// x[i] = exp(x[i] - shift) for i < n, returning their sum (softmax). exp is a vectorized
+// polynomial (relative error within a few ulp); exp of anything below -87 is 0.
+float ExpShiftedSum(float* x, int n, float shift);
+
+// out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)), exp as in ExpShiftedSum.
 void SiluMul(const float* gate, const float* up, int n, float* out);
 
 // Causal attention of one query head against the first npos cached keys/values of its KV head,

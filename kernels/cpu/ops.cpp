@@ -1,5 +1,8 @@
 // Element-wise and attention kernels (portable; not on the bandwidth-critical path).
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 
 #include "cpu/kernels.h"
 
@@ -23,11 +26,44 @@ void RopeRotateHalf(float* x, int head_dim, const float* cos_sin) {
   }
 }
 
-void SiluMul(const float* gate, const float* up, int n, float* out) {
-  for (int i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+namespace {
+// exp(t) = 2^j * p(r), j = round(t / ln 2), r = t - j ln 2 (ln 2 split in two so r is exact),
+// p the degree-6 Taylor polynomial on |r| <= ln 2 / 2. t is clamped to [-87, 88] (finite 2^j).
+inline float ExpPoly(float t) {
+  constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
+  t = std::min(std::max(t, -87.0f), 88.0f);
+  const float j = std::nearbyint(t * kLog2e);
+  const float r = (t - j * kLn2Hi) - j * kLn2Lo;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(j) + 127) << 23);
+}
+}  // namespace
+
+// The loops below are cloned for AVX-512 and the baseline ISA (GCC picks one at load time); both
+// vectorize.
+__attribute__((target_clones("avx512f", "default"))) float ExpShiftedSum(float* x, int n, float shift) {
+  for (int i = 0; i < n; ++i) x[i] = x[i] - shift < -87.0f ? 0.0f : ExpPoly(x[i] - shift);
+  // 16 partial sums: a fixed order the compiler can vectorize (a single running sum cannot be).
+  float part[16] = {};
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int l = 0; l < 16; ++l) part[l] += x[i + l];
   }
+  for (; i < n; ++i) part[i % 16] += x[i];
+  float sum = 0.0f;
+  for (float p : part) sum += p;
+  return sum;
+}
+
+__attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* gate, const float* up, int n,
+                                                                  float* out) {
+  for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + ExpPoly(-gate[i])) * up[i];
 }
 
 void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,

@@ -85,12 +85,12 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
   auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");
   if (!AllOk(*job->world, tp_or.status())) return 1;
   job->tp = std::move(tp_or).value();
-  job->tp->SetDeterministic(f.deterministic);
   LoadOptions load = f.load;
   load.show_progress = true;
   auto model_or = LoadModel(load, *job->tp);
   if (!AllOk(*job->world, model_or.status())) return 1;
   job->model = std::move(model_or).value();
+  job->model->SetDeterministic(f.deterministic);
   return 0;
 }
 

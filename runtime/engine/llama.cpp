@@ -1,9 +1,12 @@
 #include "engine/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 
 namespace tpserve {
 
@@ -39,13 +42,10 @@ Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
   return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
 }
 
-namespace {
-// y(n, w.rows) = x(n, w.cols) * w^T, in w's storage dtype (int8 with its row scales).
-void Linear(const HostTensor& w, const float* x, int n, float* y) {
-  k::MatmulNT(x, n, w.data(), w.dtype(), static_cast<int>(w.rows()), static_cast<int>(w.cols()), y,
-              w.row_scales());
+void LlamaModel::Linear(const HostTensor& w, const float* x, int n, float* y) const {
+  k::Matmul(x, n, w.data(), w.dtype(), static_cast<int>(w.rows()), static_cast<int>(w.cols()), y,
+            w.row_scales(), deterministic_);
 }
-}  // namespace
 
 Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out) {
   const int n = batch.rows(), bs = pool.block_size();
@@ -97,34 +97,56 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   // Query head h (global) reads KV head h / group_size (global); both ranges are this rank's.
   const int g = c.group_size();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  auto kv_of = [&](int hq) { return static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin); };
   std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
-  std::vector<float> scratch;
-  std::vector<const float*> kb, vb;
   for (size_t it = 0; it < batch.items.size(); ++it) {
     const SequenceKv& seq = *batch.items[it].seq;
     const int first = batch.first_row[it], rows = batch.items[it].n;
-    const int npos_max = batch.pos[first + rows - 1] + 1;
-    scratch.resize(npos_max);
-    // Block pointers of each local KV head, in block-table order: (nkv, blocks)
+    const int pos0 = batch.pos[first], npos_max = pos0 + rows;
     const int nblocks = static_cast<int>(KvCachePool::BlocksFor(npos_max, bs));
-    kb.resize(static_cast<size_t>(nkv) * nblocks);
-    vb.resize(kb.size());
+    if (!deterministic_ && rows >= k::kGemmMinRows) {
+      // Prefill chunk: per local KV head, its keys/values made contiguous, then each query head's
+      // causal attention as GEMMs. Threads split the query heads.
+      std::vector<float> keys(static_cast<size_t>(nkv) * npos_max * hd), vals(keys.size());
+      for (int hk = 0; hk < nkv; ++hk) {
+        for (int b = 0; b < nblocks; ++b) {
+          const int n_in = std::min(bs, npos_max - b * bs);
+          const size_t at = (static_cast<size_t>(hk) * npos_max + static_cast<size_t>(b) * bs) * hd;
+          std::memcpy(&keys[at], pool.k(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
+          std::memcpy(&vals[at], pool.v(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
+        }
+      }
+      k::ParallelFor(nq, 1, [&](int h0, int h1) {
+        std::vector<float> scratch(static_cast<size_t>(k::kAttentionTileRows) * npos_max);
+        for (int hq = h0; hq < h1; ++hq) {
+          const size_t kv_at = static_cast<size_t>(kv_of(hq)) * npos_max * hd;
+          k::AttentionPrefill(&q[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd, rows, pos0,
+                              &keys[kv_at], &vals[kv_at], hd, scale,
+                              &attn[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd, scratch.data());
+        }
+      });
+      continue;
+    }
+    // Decode rows (or deterministic mode): one query at a time over the paged blocks, which is
+    // bitwise independent of the batch. Block pointers of each local KV head: (nkv, blocks).
+    std::vector<const float*> kb(static_cast<size_t>(nkv) * nblocks), vb(kb.size());
     for (int hk = 0; hk < nkv; ++hk) {
       for (int b = 0; b < nblocks; ++b) {
         kb[static_cast<size_t>(hk) * nblocks + b] = pool.k(layer, seq.blocks[b], hk, 0);
         vb[static_cast<size_t>(hk) * nblocks + b] = pool.v(layer, seq.blocks[b], hk, 0);
       }
     }
-    for (int t = first; t < first + rows; ++t) {
-      const int npos = batch.pos[t] + 1;  // causal: keys 0..pos of its own sequence
-      for (int hq = 0; hq < nq; ++hq) {
-        const int kv_local = static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin);
+    k::ParallelFor(rows * nq, 4, [&](int j0, int j1) {
+      std::vector<float> scratch(npos_max);
+      for (int j = j0; j < j1; ++j) {
+        const int t = first + j / nq, hq = j % nq;
+        const int npos = batch.pos[t] + 1;  // causal: keys 0..pos of its own sequence
         k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd],
-                         &kb[static_cast<size_t>(kv_local) * nblocks],
-                         &vb[static_cast<size_t>(kv_local) * nblocks], npos, bs, hd, scale, scratch.data(),
+                         &kb[static_cast<size_t>(kv_of(hq)) * nblocks],
+                         &vb[static_cast<size_t>(kv_of(hq)) * nblocks], npos, bs, hd, scale, scratch.data(),
                          &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
       }
-    }
+    });
   }
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
   Linear(L.o, attn.data(), n, out);
@@ -137,7 +159,10 @@ Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
   std::vector<float> gate(static_cast<size_t>(n) * f), up(static_cast<size_t>(n) * f);  // (n, local ffn)
   Linear(L.gate, h, n, gate.data());
   Linear(L.up, h, n, up.data());
-  k::SiluMul(gate.data(), up.data(), n * f, gate.data());
+  k::ParallelFor(n, 1, [&](int t0, int t1) {
+    const size_t at = static_cast<size_t>(t0) * f;
+    k::SiluMul(&gate[at], &up[at], (t1 - t0) * f, &gate[at]);
+  });
   // Row-parallel down_proj: partial sums over this rank's FFN rows, then the all-reduce.
   Linear(L.down, gate.data(), n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);

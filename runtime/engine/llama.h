@@ -53,6 +53,14 @@ class LlamaModel {
   Result<std::vector<float>> GatherLogits(const float* logits_local);
   int local_vocab() const { return static_cast<int>(vocab_range().size()); }
   Communicator& tp() { return tp_; }
+  // --enable-deterministic-inference: batch-invariant kernels (per-row dot products and per-query
+  // attention instead of GEMMs) and rank-ordered all-reduces, so a token's logits are bitwise the
+  // same whatever batch it shares.
+  void SetDeterministic(bool on) {
+    deterministic_ = on;
+    tp_.SetDeterministic(on);
+  }
+  bool deterministic() const { return deterministic_; }
 
  private:
   Status Embed(const int32_t* ids, int n, float* x);
@@ -65,11 +73,14 @@ class LlamaModel {
   Status Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out);
   Status Mlp(int layer, int n, const float* h, float* out);
   void RopeTable(int pos, float* cos_sin) const;
+  // y(n, w.rows) = x(n, w.cols) * w^T in w's storage dtype (int8 with its row scales).
+  void Linear(const HostTensor& w, const float* x, int n, float* y) const;
 
   ModelConfig config_;
   ModelWeights weights_;
   Communicator& tp_;
   std::vector<double> inv_freq_;  // (head_dim / 2)
+  bool deterministic_ = false;
 };
 
 }  // namespace tpserve

@@ -1,0 +1,45 @@
+// Matrix-matrix products through oneDNN (its brgemm kernels: AMX-BF16 on Sapphire Rapids and
+// later, AVX-512 otherwise, picked by oneDNN at run time). Used where many activation rows share
+// one weight matrix (prefill, batched decode) and for prefill attention; batch-1 decode keeps the
+// weight-streaming dot kernels (kernels.h), which run at the memory-bandwidth roofline.
+//
+// These products are not batch-invariant (the library's blocking, and for bf16 the activations'
+// rounding to bf16, depend on the shape), so --enable-deterministic-inference never uses them.
+#pragma once
+
+#include "cpu/dtype.h"
+
+namespace tpserve::kernels {
+
+// Fewer activation rows than this go to the dot kernels: below it they are as fast (perf/gemm_bench).
+inline constexpr int kGemmMinRows = 8;
+
+// Whether GemmNT handles weights of this dtype (f32; bf16 with activations rounded to bf16).
+bool GemmSupports(DType wt);
+
+// y(n, m) = x(n, k) * w(m, k)^T, w row-major in dtype wt (GemmSupports(wt) must hold), y with row
+// stride ldy (>= m). Threads of the kernel pool split the weight rows; each runs the library
+// single-threaded on its slice.
+void GemmNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y, int ldy);
+
+// Single-threaded f32 products for use inside a ParallelFor body (strides in elements):
+//   y(n, m) = x(n, k) * w(m, k)^T    (w rows of stride ldw)
+//   y(n, m) = x(n, k) * w(k, m)      (w rows of stride ldw)
+void GemmNTSerial(const float* x, int ldx, int n, const float* w, int ldw, int m, int k, float* y, int ldy);
+void GemmNNSerial(const float* x, int ldx, int n, const float* w, int ldw, int m, int k, float* y, int ldy);
+
+// The engine's matmul: GemmNT for kGemmMinRows or more rows in a dtype it supports, unless
+// batch_invariant is set; MatmulNT (kernels.h) otherwise. Arguments as MatmulNT's.
+void Matmul(const float* x, int n, const void* w, DType wt, int m, int k, float* y, const float* row_scales,
+            bool batch_invariant);
+
+// Causal attention of `rows` consecutive positions pos0 .. pos0 + rows - 1 of one sequence and one
+// query head, single-threaded (callers split the heads over the pool):
+//   q: rows x d (row stride ldq)   k, v: (pos0 + rows) x d contiguous   out: rows x d (stride ldo)
+// Scores and probabilities go through two GEMMs per tile of query rows; a tile reads only the keys
+// up to its last position. scratch: at least 64 * (pos0 + rows) floats.
+void AttentionPrefill(const float* q, int ldq, int rows, int pos0, const float* k, const float* v, int d,
+                      float scale, float* out, int ldo, float* scratch);
+inline constexpr int kAttentionTileRows = 64;
+
+}  // namespace tpserve::kernels

@@ -1,0 +1,177 @@
+// The oneDNN GEMM paths (prefill and batched rows) and prefill attention against plain
+// double-precision references written here, with odd sizes, row strides and thread splits.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "cpu/gemm.h"
+#include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
+
+namespace tpserve::kernels {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Values as the kernel sees them: bf16 weights meet activations rounded to bf16 as well.
+std::vector<double> AsSeen(const std::vector<float>& v, DType dt) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = dt == DType::kBF16 ? Bf16ToF32(F32ToBf16(v[i])) : v[i];
+  return out;
+}
+
+TEST(Gemm, GemmNTMatchesReferenceForOddShapesAndThreadCounts) {
+  for (int threads : {1, 2, 3}) {
+    SetThreads(threads);
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      for (int n : {8, 9, 33}) {
+        for (int m : {1, 37, 64, 65, 200}) {
+          for (int k : {1, 75, 129}) {
+            const int ldy = m + 3;  // the output may be a column block of a wider matrix
+            const std::vector<float> x = Random(static_cast<size_t>(n) * k, n + k),
+                                     wf = Random(static_cast<size_t>(m) * k, m);
+            std::vector<uint16_t> wb(wf.size());
+            ConvertDType(wf.data(), DType::kF32, wb.data(), DType::kBF16, wf.size());
+            const void* w = dt == DType::kBF16 ? static_cast<const void*>(wb.data()) : wf.data();
+            std::vector<float> y(static_cast<size_t>(n) * ldy, -7.0f);
+            GemmNT(x.data(), n, w, dt, m, k, y.data(), ldy);
+            const std::vector<double> xs = AsSeen(x, dt), ws = AsSeen(wf, dt);
+            for (int t = 0; t < n; ++t) {
+              for (int o = 0; o < ldy; ++o) {
+                if (o >= m) {
+                  ASSERT_EQ(y[t * ldy + o], -7.0f) << "wrote past column " << m;
+                  continue;
+                }
+                double want = 0, mag = 0;
+                for (int i = 0; i < k; ++i) {
+                  want += xs[t * k + i] * ws[o * k + i];
+                  mag += std::abs(xs[t * k + i] * ws[o * k + i]);
+                }
+                ASSERT_NEAR(y[t * ldy + o], want, 4 * k * 6e-8 * mag + 1e-30)
+                    << DTypeName(dt) << " n=" << n << " m=" << m << " k=" << k << " threads=" << threads;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  SetThreads(1);
+}
+
+TEST(Gemm, StridedSerialProductsMatchReference) {
+  const int n = 13, m = 29, k = 21, ldx = k + 5, ldw = 40, ldy = m + 2;
+  const std::vector<float> x = Random(static_cast<size_t>(n) * ldx, 1),
+                           w = Random(static_cast<size_t>(m) * ldw, 2),
+                           wnn = Random(static_cast<size_t>(k) * ldw, 3);
+  std::vector<float> y(static_cast<size_t>(n) * ldy), z(static_cast<size_t>(n) * ldy);
+  GemmNTSerial(x.data(), ldx, n, w.data(), ldw, m, k, y.data(), ldy);    // w: (m, k) rows of ldw
+  GemmNNSerial(x.data(), ldx, n, wnn.data(), ldw, m, k, z.data(), ldy);  // w: (k, m) rows of ldw
+  for (int t = 0; t < n; ++t) {
+    for (int o = 0; o < m; ++o) {
+      double nt = 0, nn = 0;
+      for (int i = 0; i < k; ++i) {
+        nt += static_cast<double>(x[t * ldx + i]) * w[o * ldw + i];
+        nn += static_cast<double>(x[t * ldx + i]) * wnn[i * ldw + o];
+      }
+      ASSERT_NEAR(y[t * ldy + o], nt, 1e-5);
+      ASSERT_NEAR(z[t * ldy + o], nn, 1e-5);
+    }
+  }
+}
+
+// The engine's Matmul takes the dot kernels below kGemmMinRows rows, in deterministic mode, and
+// for dtypes the GEMM does not take: bitwise MatmulNT there.
+TEST(Gemm, MatmulPolicyKeepsTheBatchInvariantKernelsWhereItMust) {
+  const int m = 40, k = 67;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const std::vector<float> wf = Random(static_cast<size_t>(m) * k, 9);
+    std::vector<uint8_t> w(wf.size() * DTypeSize(dt));
+    ConvertDType(wf.data(), DType::kF32, w.data(), dt, wf.size());
+    for (int n : {1, kGemmMinRows - 1, kGemmMinRows, 20}) {
+      for (bool batch_invariant : {false, true}) {
+        const std::vector<float> x = Random(static_cast<size_t>(n) * k, n);
+        std::vector<float> got(static_cast<size_t>(n) * m), want(got.size());
+        Matmul(x.data(), n, w.data(), dt, m, k, got.data(), nullptr, batch_invariant);
+        MatmulNT(x.data(), n, w.data(), dt, m, k, want.data());
+        const bool gemm = !batch_invariant && n >= kGemmMinRows && GemmSupports(dt);
+        if (!gemm) {
+          EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+              << DTypeName(dt) << " n=" << n << " batch_invariant=" << batch_invariant;
+        } else {
+          for (size_t i = 0; i < got.size(); ++i)
+            ASSERT_NEAR(got[i], want[i], 0.05) << DTypeName(dt) << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
+// Causal attention of a prefill chunk (rows at positions pos0..) against a double softmax
+// reference, across the query-tile boundary and with row strides, as the engine calls it.
+TEST(Gemm, AttentionPrefillMatchesCausalSoftmaxReference) {
+  const int d = 24, ldq = 3 * d;  // three heads per row: this test reads the middle one
+  for (int pos0 : {0, 5, 100}) {
+    for (int rows : {1, 8, kAttentionTileRows, kAttentionTileRows + 7}) {
+      const int npos = pos0 + rows;
+      const std::vector<float> q = Random(static_cast<size_t>(rows) * ldq, 1 + rows, 2.0f),
+                               kk = Random(static_cast<size_t>(npos) * d, 2 + npos, 2.0f),
+                               v = Random(static_cast<size_t>(npos) * d, 3 + npos);
+      std::vector<float> out(static_cast<size_t>(rows) * ldq, 0.0f),
+          scratch(static_cast<size_t>(kAttentionTileRows) * npos);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      AttentionPrefill(q.data() + d, ldq, rows, pos0, kk.data(), v.data(), d, scale, out.data() + d, ldq,
+                       scratch.data());
+      for (int r = 0; r < rows; ++r) {
+        const int valid = pos0 + r + 1;
+        std::vector<double> s(valid);
+        double mx = -1e300, z = 0;
+        for (int p = 0; p < valid; ++p) {
+          double dot = 0;
+          for (int i = 0; i < d; ++i) dot += static_cast<double>(q[r * ldq + d + i]) * kk[p * d + i];
+          s[p] = dot / std::sqrt(static_cast<double>(d));
+          mx = std::max(mx, s[p]);
+        }
+        for (double& x : s) z += (x = std::exp(x - mx));
+        for (int i = 0; i < d; ++i) {
+          double want = 0;
+          for (int p = 0; p < valid; ++p) want += s[p] / z * v[p * d + i];
+          ASSERT_NEAR(out[r * ldq + d + i], want, 2e-6)
+              << "pos0 " << pos0 << " rows " << rows << " row " << r;
+          ASSERT_EQ(out[r * ldq + i], 0.0f) << "wrote into the neighbouring head";
+        }
+      }
+    }
+  }
+}
+
+TEST(Gemm, ExpShiftedSumMatchesStdExp) {
+  for (float top : {10.0f, 88.0f}) {  // the sum is checked where it stays finite
+    std::vector<float> x;
+    for (float t = -100.0f; t <= top; t += 0.0137f) x.push_back(t);
+    std::vector<float> e = x;
+    const float sum = ExpShiftedSum(e.data(), static_cast<int>(e.size()), 0.0f);
+    double want_sum = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double want = x[i] < -87.0f ? 0.0 : std::exp(static_cast<double>(x[i]));
+      want_sum += want;
+      ASSERT_NEAR(e[i], want, 4e-7 * want) << "exp(" << x[i] << ")";
+    }
+    if (top < 80) {
+      EXPECT_NEAR(sum, want_sum, 1e-5 * want_sum);
+    }
+  }
+  float one = 3.5f;  // exp(shift - shift) = 1
+  EXPECT_EQ(ExpShiftedSum(&one, 1, 3.5f), 1.0f);
+}
+
+}  // namespace
+}  // namespace tpserve::kernels
