@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Serving throughput and latency against concurrency: starts `tpserve serve` (NP ranks, PRESET
 # model), then runs `tpserve-cli load` (closed loop: each stream sends its next request when the
-# previous ends) at each concurrency, in one run. Output: JSON (all points + the ratio of output
-# tokens/s at concurrency 16 to concurrency 1) and a PNG (throughput and latency vs concurrency).
+# previous ends) at each concurrency, in one run. The levels are swept REPEATS times in turn
+# (this VM's speed drifts by 2x within minutes), and each level reports the median of its sweeps.
+# Output: JSON (every sweep's points, the medians, and the ratio of output tokens/s at concurrency
+# 16 to concurrency 1: of the medians, and per sweep) and a PNG (throughput and latency vs
+# concurrency, medians).
 #   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
-#                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=2
+#                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=2 REPEATS=3
 #                                                         SERVE_ARGS="--enable-deterministic-inference"
 set -euo pipefail
 BUILD="${1:-build}"
@@ -15,6 +18,7 @@ LEVELS="${LEVELS:-1 4 16 64}"
 PROMPT_LEN="${PROMPT_LEN:-32}"
 TOKENS="${TOKENS:-64}"
 ROUNDS="${ROUNDS:-2}"  # requests per stream at each level
+REPEATS="${REPEATS:-3}"  # sweeps over the levels
 BIN="$BUILD/runtime"
 WORK="$(mktemp -d)"
 trap 'kill $server 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -27,26 +31,38 @@ server=$!
 for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
 : >"$WORK/points.jsonl"
-for c in $LEVELS; do
-  "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
-    --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | tee -a "$WORK/points.jsonl" >&2
+for rep in $(seq 1 "$REPEATS"); do
+  for c in $LEVELS; do
+    "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
+      --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
+  done
 done
 kill -TERM "$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)"
 wait $server || true
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY
-import json, sys
+import json, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by_c = {p["concurrency"]: p for p in pts}
-ratio = by_c[16]["output_tokens_per_s"] / by_c[1]["output_tokens_per_s"] if 16 in by_c and 1 in by_c else None
+levels = sorted({p["concurrency"] for p in pts})
+median = {}
+for c in levels:
+    at = [p for p in pts if p["concurrency"] == c]
+    median[c] = {k: statistics.median(p[k] for p in at) for k in at[0] if k not in ("sweep", "concurrency")}
+    median[c]["concurrency"] = c
+def ratio(a, b):
+    return a[16]["output_tokens_per_s"] / a[1]["output_tokens_per_s"] if 16 in a and 1 in a else None
+sweeps = sorted({p["sweep"] for p in pts})
+per_sweep = [ratio({p["concurrency"]: p for p in pts if p["sweep"] == s}, None) for s in sweeps]
 out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
-       "max_new_tokens": $TOKENS, "points": pts, "tokens_per_s_c16_over_c1": ratio, "target_ratio": 8.0}
+       "max_new_tokens": $TOKENS, "sweeps": len(sweeps), "points": pts, "median": [median[c] for c in levels],
+       "tokens_per_s_c16_over_c1": ratio(median, None), "c16_over_c1_per_sweep": per_sweep, "target_ratio": 8.0}
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 with open(sys.argv[3], "w") as f:
-    for p in pts:
-        f.write("%d %f %f %f %f %f\n" % (p["concurrency"], p["output_tokens_per_s"], p["ttft_p50_s"] * 1e3,
+    for c in levels:
+        p = median[c]
+        f.write("%d %f %f %f %f %f\n" % (c, p["output_tokens_per_s"], p["ttft_p50_s"] * 1e3,
                                           p["ttft_p99_s"] * 1e3, p["itl_p50_s"] * 1e3, p["itl_p99_s"] * 1e3))
-print(json.dumps({k: v for k, v in out.items() if k != "points"}))
+print(json.dumps({k: v for k, v in out.items() if k not in ("points", "median")}))
 PY
 if command -v gnuplot >/dev/null; then
   gnuplot <<GP

@@ -75,12 +75,7 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
     scratch[p] = s;
     if (s > max_score) max_score = s;
   }
-  double denom = 0.0;
-  for (int p = 0; p < npos; ++p) {
-    scratch[p] = std::exp(scratch[p] - max_score);
-    denom += scratch[p];
-  }
-  const float inv = static_cast<float>(1.0 / denom);
+  const float inv = 1.0f / ExpShiftedSum(scratch, npos, max_score);
   for (int i = 0; i < d; ++i) out[i] = 0.0f;
   for (int p = 0; p < npos; ++p) {
     const float w = scratch[p] * inv;

@@ -24,11 +24,20 @@ Status SamplingParams::Validate() const {
 }
 
 int ArgMax(const float* logits, int n) {
-  int best = 0;
-  for (int i = 1; i < n; ++i) {
-    if (logits[i] > logits[best]) best = i;
+  // The maximum through 16 running maxima (a loop the compiler vectorizes), then its first index:
+  // the same answer as a single scan, at batch x vocabulary elements per decode step.
+  float part[16];
+  std::fill(part, part + 16, -INFINITY);
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int l = 0; l < 16; ++l) part[l] = logits[i + l] > part[l] ? logits[i + l] : part[l];
   }
-  return best;
+  float mx = *std::max_element(part, part + 16);
+  for (; i < n; ++i) mx = logits[i] > mx ? logits[i] : mx;
+  for (i = 0; i < n; ++i) {
+    if (logits[i] == mx) return i;
+  }
+  return 0;  // all NaN (or n == 0)
 }
 
 void ApplyRepetitionPenalty(float* logits, int64_t begin, int n, const std::vector<int32_t>& seen,
