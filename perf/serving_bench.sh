@@ -40,7 +40,7 @@ done
 kill -TERM "$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)"
 wait $server || true
 mkdir -p "$(dirname "$OUT")"
-python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY
+python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY  # OUT.dat: the medians, for gnuplot
 import json, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 levels = sorted({p["concurrency"] for p in pts})
@@ -80,6 +80,7 @@ plot "$OUT.dat" using 1:3 with linespoints title "TTFT p50", "" using 1:4 with l
      "" using 1:5 with linespoints title "ITL p50", "" using 1:6 with linespoints title "ITL p99"
 unset multiplot
 GP
+  rm -f "$OUT.dat"
   echo "wrote $OUT.json and $OUT.png" >&2
 else
   echo "gnuplot not installed (apt-get install gnuplot-nox): wrote $OUT.json only" >&2

@@ -9,17 +9,13 @@
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
+#include "test_util.h"
 
 namespace tpserve::kernels {
 namespace {
 
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-scale, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using testing::RandomFloats;
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) { return RandomFloats(n, seed, scale); }
 
 // Values as the kernel sees them: bf16 weights meet activations rounded to bf16 as well.
 std::vector<double> AsSeen(const std::vector<float>& v, DType dt) {

@@ -1,10 +1,12 @@
 // Helpers shared by the test binaries: fixture lookup (../shared or $TPSERVE_SHARED), a temp
-// directory, and the MPI environment of mpi_main.cpp.
+// directory, seeded random data, and the MPI environment of mpi_main.cpp.
 #pragma once
 
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace tpserve {
 class MpiEnv;
@@ -29,6 +31,15 @@ inline std::string MakeTempDir(const std::string& tag) {
   std::string tmpl = (std::filesystem::temp_directory_path() / ("tpserve-" + tag + "-XXXXXX")).string();
   char* p = mkdtemp(tmpl.data());
   return p ? std::string(p) : std::string();
+}
+
+// n floats uniform in [-scale, scale), the same for a given seed.
+inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
 }
 
 void SetMpiEnv(MpiEnv* env);
