@@ -15,7 +15,9 @@ namespace tpserve::kernels {
 namespace {
 
 using testing::RandomFloats;
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) { return RandomFloats(n, seed, scale); }
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  return RandomFloats(n, seed, scale);
+}
 
 // Values as the kernel sees them: bf16 weights meet activations rounded to bf16 as well.
 std::vector<double> AsSeen(const std::vector<float>& v, DType dt) {

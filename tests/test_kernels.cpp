@@ -15,7 +15,9 @@ namespace tpserve::kernels {
 namespace {
 
 using testing::RandomFloats;
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) { return RandomFloats(n, seed, scale); }
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  return RandomFloats(n, seed, scale);
+}
 
 // Weights in `dt` (bytes) plus their exact values as doubles. int8 is quantized per row of
 // `cols` values: `exact` holds the raw q values (what the dot kernels sum), `scales` the row scales.
