@@ -46,16 +46,24 @@ ThreadState& State() {
   return state;
 }
 
+// The three operands' layouts of a shape (strides in elements).
+memory::desc SrcDesc(const Shape& s) {
+  return {{s.n, s.k}, s.src, {s.ldx, 1}};
+}
+memory::desc WeiDesc(const Shape& s) {
+  return {{s.k, s.m}, s.wei, s.w_transposed ? memory::dims{1, s.ldw} : memory::dims{s.ldw, 1}};
+}
+memory::desc DstDesc(const Shape& s) {
+  return {{s.n, s.m}, Dt::f32, {s.ldy, 1}};
+}
+
 dnnl::matmul& Primitive(ThreadState& st, const Shape& s) {
   auto it = st.cache.find(s);
   if (it != st.cache.end()) return it->second;
   // Serving sees many batch sizes; a bounded cache keeps memory flat (oneDNN's own primitive
   // cache still avoids recompiling a recently seen shape).
   if (st.cache.size() >= 512) st.cache.clear();
-  const memory::desc src({s.n, s.k}, s.src, {s.ldx, 1});
-  const memory::desc wei({s.k, s.m}, s.wei, s.w_transposed ? memory::dims{1, s.ldw} : memory::dims{s.ldw, 1});
-  const memory::desc dst({s.n, s.m}, Dt::f32, {s.ldy, 1});
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), Engine());
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(SrcDesc(s), WeiDesc(s), DstDesc(s)), Engine());
   return st.cache.emplace(s, dnnl::matmul(pd)).first->second;
 }
 
@@ -64,10 +72,8 @@ void Run(const Shape& s, const void* x, const void* w, float* y) {
     ThreadState& st = State();
     dnnl::matmul& mm = Primitive(st, s);
     const auto& e = Engine();
-    memory xm({{s.n, s.k}, s.src, {s.ldx, 1}}, e, const_cast<void*>(x));
-    memory wm({{s.k, s.m}, s.wei, s.w_transposed ? memory::dims{1, s.ldw} : memory::dims{s.ldw, 1}}, e,
-              const_cast<void*>(w));
-    memory ym({{s.n, s.m}, Dt::f32, {s.ldy, 1}}, e, y);
+    memory xm(SrcDesc(s), e, const_cast<void*>(x)), wm(WeiDesc(s), e, const_cast<void*>(w)),
+        ym(DstDesc(s), e, y);
     mm.execute(st.stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}});
     st.stream.wait();
   } catch (const dnnl::error& err) {

@@ -33,13 +33,14 @@ void GemmNNSerial(const float* x, int ldx, int n, const float* w, int ldw, int m
 void Matmul(const float* x, int n, const void* w, DType wt, int m, int k, float* y, const float* row_scales,
             bool batch_invariant);
 
+inline constexpr int kAttentionTileRows = 64;
+
 // Causal attention of `rows` consecutive positions pos0 .. pos0 + rows - 1 of one sequence and one
 // query head, single-threaded (callers split the heads over the pool):
 //   q: rows x d (row stride ldq)   k, v: (pos0 + rows) x d contiguous   out: rows x d (stride ldo)
 // Scores and probabilities go through two GEMMs per tile of query rows; a tile reads only the keys
-// up to its last position. scratch: at least 64 * (pos0 + rows) floats.
+// up to its last position. scratch: at least kAttentionTileRows * (pos0 + rows) floats.
 void AttentionPrefill(const float* q, int ldq, int rows, int pos0, const float* k, const float* v, int d,
                       float scale, float* out, int ldo, float* scratch);
-inline constexpr int kAttentionTileRows = 64;
 
 }  // namespace tpserve::kernels

@@ -141,10 +141,9 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
       for (int j = j0; j < j1; ++j) {
         const int t = first + j / nq, hq = j % nq;
         const int npos = batch.pos[t] + 1;  // causal: keys 0..pos of its own sequence
-        k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd],
-                         &kb[static_cast<size_t>(kv_of(hq)) * nblocks],
-                         &vb[static_cast<size_t>(kv_of(hq)) * nblocks], npos, bs, hd, scale, scratch.data(),
-                         &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
+        const size_t kv_at = static_cast<size_t>(kv_of(hq)) * nblocks;
+        k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd], &kb[kv_at], &vb[kv_at], npos, bs, hd,
+                         scale, scratch.data(), &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
       }
     });
   }
