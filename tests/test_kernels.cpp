@@ -130,10 +130,9 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
         }
         const auto row = [&](int o) { return w.bytes.data() + static_cast<size_t>(o) * k * DTypeSize(dt); };
         if (kt.rows4[static_cast<int>(dt)] != nullptr) {  // one activation row, four weight rows
-          const void* rows[4] = {row(0), row(1), row(2), row(3)};
-          kt.rows4[static_cast<int>(dt)](xs[0], rows, k, out);
+          kt.rows4[static_cast<int>(dt)](xs[0], row(0), k * DTypeSize(dt), k, out);
           for (int j = 0; j < 4; ++j) {
-            const float single = kt.dot[static_cast<int>(dt)](xs[0], rows[j], k);
+            const float single = kt.dot[static_cast<int>(dt)](xs[0], row(j), k);
             ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " rows4 " << DTypeName(dt) << " k=" << k;
           }
         }
@@ -181,7 +180,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             ASSERT_EQ(kt.dot_i8(&x[misalign], rows[j], k), want[j]) << isa << " k=" << k;
           }
           if (kt.rows_i8 != nullptr) {
-            kt.rows_i8(&x[misalign], rows, k, got4);
+            kt.rows_i8(&x[misalign], rows[0], k + 3, k, got4);
             for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
         }

@@ -66,11 +66,10 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     int o = o_begin;
     if (kt.rows_i8 != nullptr) {
       for (; o + kRowsI8 <= o_end; o += kRowsI8) {
-        const int8_t* rows[kRowsI8];
-        for (int j = 0; j < kRowsI8; ++j) rows[j] = w + static_cast<size_t>(o + j) * k;
+        const int8_t* rows = w + static_cast<size_t>(o) * k;
         for (int t = 0; t < n; ++t) {
           int64_t out[kRowsI8];
-          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, k, out);
+          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, k, k, out);
           for (int j = 0; j < kRowsI8; ++j) store(t, o + j, out[j]);
         }
       }
@@ -97,12 +96,9 @@ void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DT
     int o = o_begin;
     if (n < 4 && rows4 != nullptr) {  // few activation rows: stream four weight rows at once
       for (; o + 4 <= o_end; o += 4) {
-        const void* rows[4] = {
-            wb + static_cast<size_t>(o) * row_bytes, wb + static_cast<size_t>(o + 1) * row_bytes,
-            wb + static_cast<size_t>(o + 2) * row_bytes, wb + static_cast<size_t>(o + 3) * row_bytes};
         for (int t = 0; t < n; ++t) {
           float out[4];
-          rows4(x + static_cast<size_t>(t) * k, rows, k, out);
+          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o) * row_bytes, row_bytes, k, out);
           for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t) * m + o + j] = out[j];
         }
       }

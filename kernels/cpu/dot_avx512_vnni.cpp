@@ -7,8 +7,8 @@ namespace tpserve::kernels {
 int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k) {
   return int8_detail::DotI8Impl<true>(x, w, k);
 }
-void RowsI8Avx512Vnni(const int16_t* x, const int8_t* const* w, int k, int64_t* out) {
-  int8_detail::RowsI8Impl<kRowsI8, true>(x, w, k, out);
+void RowsI8Avx512Vnni(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out) {
+  int8_detail::RowsI8Impl<kRowsI8, true>(x, w, row_stride, k, out);
 }
 
 }  // namespace tpserve::kernels

@@ -11,9 +11,9 @@
 namespace tpserve::kernels {
 
 int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k);
-void RowsI8Avx512(const int16_t* x, const int8_t* const* w, int k, int64_t* out);
+void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k);
-void RowsI8Avx512Vnni(const int16_t* x, const int8_t* const* w, int k, int64_t* out);
+void RowsI8Avx512Vnni(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 
 // Internal linkage: each including file (built with different ISA flags) keeps its own copy.
 namespace int8_detail {
@@ -38,10 +38,14 @@ inline __m512i MaddAcc(__m512i acc, __m512i x, __m512i w) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(x, w));
 }
 
-// kRowsI8 rows at once with R rows (R = 1 is the single dot): full 32-element steps with plain loads and two
-// accumulators per row, then one masked step for the tail (zeros past k).
+// R rows at a stride (R = 1 is the single dot): full 32-element steps with plain loads and two
+// accumulators per row, then one masked step for the tail (zeros past k). Each 64-byte step also
+// prefetches the same line of the R rows that follow (see RowsI8Fn).
 template <int R, bool kVnni>
-inline void RowsI8Impl(const int16_t* x, const int8_t* const* w, int k, int64_t* out) {
+inline void RowsI8Impl(const int16_t* x, const int8_t* first, size_t row_stride, int k, int64_t* out) {
+  const int8_t* w[R];
+  for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
+  const char* next = reinterpret_cast<const char*>(first + R * row_stride);
   int64_t total[R] = {};
   int i = 0;
   while (i + 32 <= k) {
@@ -51,6 +55,7 @@ inline void RowsI8Impl(const int16_t* x, const int8_t* const* w, int k, int64_t*
     for (; steps < kI8FlushSteps && i + 64 <= k; steps += 1, i += 64) {
       const __m512i x0 = _mm512_loadu_si512(x + i), x1 = _mm512_loadu_si512(x + i + 32);
       for (int j = 0; j < R; ++j) {
+        _mm_prefetch(next + j * row_stride + i, _MM_HINT_T0);
         const __m512i w0 =
             _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + i)));
         const __m512i w1 =
@@ -83,7 +88,7 @@ inline void RowsI8Impl(const int16_t* x, const int8_t* const* w, int k, int64_t*
 template <bool kVnni>
 inline int64_t DotI8Impl(const int16_t* x, const int8_t* w, int k) {
   int64_t out;
-  RowsI8Impl<1, kVnni>(x, &w, k, &out);
+  RowsI8Impl<1, kVnni>(x, w, static_cast<size_t>(k), k, &out);
   return out;
 }
 

@@ -25,17 +25,20 @@ using DotFn = float (*)(const float* x, const void* w, int k);
 // is bitwise equal to dot(x[j], w): batching never changes a token's result.
 using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out);
 
-// out[j] = dot(x, w[j]) for one activation row against 4 weight rows (batch-1 decode: four
-// weight streams in flight). Each out[j] is bitwise equal to dot(x, w[j]).
-using Rows4Fn = void (*)(const float* x, const void* const* w, int k, float* out);
+// out[j] = dot(x, w + j * row_bytes) for one activation row against 4 weight rows at a fixed
+// stride (batch-1 decode: four weight streams in flight). While it reads them it prefetches the
+// 4 rows that follow, so the next call finds them on their way (short rows end before the
+// hardware prefetcher catches up). Each out[j] is bitwise equal to dot(x, row j).
+using Rows4Fn = void (*)(const float* x, const void* w, size_t row_bytes, int k, float* out);
 
 // int8 weights meet activations quantized to int16 (one scale per activation row): the dot
 // product is an exact integer, so every ISA path and every batch/thread split gives the same bits.
 using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
-// out[j] = dot_i8(x, w[j]) for kRowsI8 weight rows (more weight streams in flight: int8 rows are
-// short, and eight of them keep the memory system busier than four).
+// out[j] = dot_i8(x, w + j * row_stride) for kRowsI8 weight rows (more weight streams in flight:
+// int8 rows are short, and eight of them keep the memory system busier than four), prefetching
+// the kRowsI8 rows that follow as Rows4Fn does.
 inline constexpr int kRowsI8 = 8;
-using RowsI8Fn = void (*)(const int16_t* x, const int8_t* const* w, int k, int64_t* out);
+using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 
 struct CpuKernelTable {
   const char* isa = "portable";
