@@ -161,6 +161,11 @@ class TpServeService final : public pb::TpServe::Service {
     auto ch_or = sh_.queue->Submit(std::move(spec));
     if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ch_or.status().message());
     std::shared_ptr<RequestChannel> ch = std::move(ch_or).value();
+    ch->WatchClient([ctx] { return ctx->IsCancelled(); });
+    struct Unwatch {  // the engine must not ask ctx once this handler has returned
+      RequestChannel& ch;
+      ~Unwatch() { ch.WatchClient(nullptr); }
+    } unwatch{*ch};
     int completion = 0;
     // Output text and stop strings (rank 0 only: the engine works in ids).
     std::optional<TextStreamer> text;

@@ -41,6 +41,16 @@ StreamUpdate RequestChannel::Wait(std::chrono::milliseconds timeout) {
   return out;
 }
 
+void RequestChannel::WatchClient(std::function<bool()> gone) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gone_ = std::move(gone);
+}
+
+bool RequestChannel::ClientGone() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return gone_ && gone_();
+}
+
 Result<std::shared_ptr<RequestChannel>> RequestQueue::Submit(RequestSpec spec) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!admitting_) return Status::Error(closed_reason_);
@@ -59,6 +69,10 @@ Result<std::shared_ptr<RequestChannel>> RequestQueue::Submit(RequestSpec spec) {
 void RequestQueue::Cancel(uint64_t id, bool finished) {
   std::lock_guard<std::mutex> lock(mu_);
   if (active_.erase(id) == 0) return;  // already finished
+  DropLocked(id, finished);
+}
+
+void RequestQueue::DropLocked(uint64_t id, bool finished) {
   // Not yet handed to the engine: just drop it from the pending list.
   auto it = std::find_if(pending_add_.begin(), pending_add_.end(),
                          [id](const RequestSpec& s) { return s.id == id; });
@@ -73,6 +87,14 @@ void RequestQueue::Cancel(uint64_t id, bool finished) {
 
 StepPlan RequestQueue::TakePlan(int* finished) {
   std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = active_.begin(); it != active_.end();) {
+    if (it->second->ClientGone()) {
+      DropLocked(it->first, /*finished=*/false);
+      it = active_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   StepPlan plan;
   plan.add.swap(pending_add_);
   plan.cancel.swap(pending_cancel_);

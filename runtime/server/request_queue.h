@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,6 +40,12 @@ class RequestChannel {
   void Abort(const std::string& message);
   // Gateway side: waits up to `timeout` for news; returns what arrived (possibly nothing).
   StreamUpdate Wait(std::chrono::milliseconds timeout);
+  // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
+  // before every step (RequestQueue::TakePlan), so a cancelled request stops at the next step
+  // boundary rather than at the gateway thread's next wake-up. Reset to nullptr before the RPC's
+  // context goes away.
+  void WatchClient(std::function<bool()> gone);
+  bool ClientGone();
 
  private:
   const uint64_t id_;
@@ -48,6 +55,7 @@ class RequestChannel {
   std::condition_variable cv_;
   StreamUpdate pending_;
   bool has_first_ = false;
+  std::function<bool()> gone_;
 };
 
 class RequestQueue {
@@ -60,8 +68,9 @@ class RequestQueue {
   // statistics count it as finished rather than cancelled.
   void Cancel(uint64_t id, bool finished = false);
 
-  // Engine side. Moves pending submissions and cancellations into a plan; *finished (optional)
-  // gets how many of the cancellations were requests the gateway finished (stop strings).
+  // Engine side. Moves pending submissions and cancellations into a plan, after cancelling every
+  // request whose client is gone (RequestChannel::WatchClient); *finished (optional) gets how
+  // many of the cancellations were requests the gateway finished (stop strings).
   StepPlan TakePlan(int* finished = nullptr);
   // Blocks until something is pending or `timeout` passes.
   void WaitForWork(std::chrono::milliseconds timeout);
@@ -73,6 +82,9 @@ class RequestQueue {
   size_t active() const;
 
  private:
+  // Cancel's work once `id` has left active_; mu_ held.
+  void DropLocked(uint64_t id, bool finished);
+
   const int max_queued_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
