@@ -331,7 +331,7 @@ TEST(Int8, LogitsStayCloseToTheFloat64Reference) {
     auto model_or = LoadModel(opts, *world);
     ASSERT_TRUE(model_or.ok()) << model_or.status().message();
     LlamaModel& model = *model_or.value();
-    ASSERT_EQ(model.weights().layers[0].q.dtype(), kernels::DType::kI8);
+    ASSERT_EQ(model.weights().layers[0].qkv.dtype(), kernels::DType::kI8);
     std::unique_ptr<ReferenceLlama> ref;
     if (world->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
     const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};

@@ -56,7 +56,7 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
   info.model_path = f.job.load.model_path;
   info.config = model.config();
   info.weight_dtype = kernels::DTypeName(
-      model.weights().layers.empty() ? kernels::DType::kF32 : model.weights().layers[0].q.dtype());
+      model.weights().layers.empty() ? kernels::DType::kF32 : model.weights().layers[0].qkv.dtype());
   info.context_length = engine.context_length();
   info.parallel = pc;
   info.cpu_isa = kernels::ActiveKernels().isa;

@@ -54,12 +54,17 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   const LayerShard& s = weights_.shard.layers[layer];
   const int hd = c.head_dim, hidden = c.hidden_size;
   const int nq = static_cast<int>(s.q_heads.size()), nkv = static_cast<int>(s.kv_heads.size());
-  std::vector<float> q(static_cast<size_t>(n) * nq * hd);    // (n, nq, hd)
-  std::vector<float> kk(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
-  std::vector<float> vv(static_cast<size_t>(n) * nkv * hd);  // (n, nkv, hd)
-  Linear(L.q, h, n, q.data());
-  Linear(L.k, h, n, kk.data());
-  Linear(L.v, h, n, vv.data());
+  const size_t q_dim = static_cast<size_t>(nq) * hd, kv_dim = static_cast<size_t>(nkv) * hd;
+  const size_t qkv_dim = q_dim + 2 * kv_dim;
+  std::vector<float> qkv(n * qkv_dim);  // (n, q | k | v), one matmul over the stacked rows
+  Linear(L.qkv, h, n, qkv.data());
+  std::vector<float> q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim);  // (n, heads, hd) each
+  for (int t = 0; t < n; ++t) {
+    const float* row = &qkv[t * qkv_dim];
+    std::memcpy(&q[t * q_dim], row, sizeof(float) * q_dim);
+    std::memcpy(&kk[t * kv_dim], row + q_dim, sizeof(float) * kv_dim);
+    std::memcpy(&vv[t * kv_dim], row + q_dim + kv_dim, sizeof(float) * kv_dim);
+  }
   auto add_bias = [n](std::vector<float>& y, const HostTensor& b) {
     if (b.empty()) return;
     const int m = static_cast<int>(b.rows());
@@ -155,15 +160,17 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
 Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
   const LayerWeights& L = weights_.layers[layer];
   const int f = static_cast<int>(weights_.shard.layers[layer].ffn.size()), hidden = config_.hidden_size;
-  std::vector<float> gate(static_cast<size_t>(n) * f), up(static_cast<size_t>(n) * f);  // (n, local ffn)
-  Linear(L.gate, h, n, gate.data());
-  Linear(L.up, h, n, up.data());
+  std::vector<float> gate_up(static_cast<size_t>(n) * 2 * f);  // (n, gate | up), one matmul
+  Linear(L.gate_up, h, n, gate_up.data());
+  std::vector<float> act(static_cast<size_t>(n) * f);  // (n, local ffn)
   k::ParallelFor(n, 1, [&](int t0, int t1) {
-    const size_t at = static_cast<size_t>(t0) * f;
-    k::SiluMul(&gate[at], &up[at], (t1 - t0) * f, &gate[at]);
+    for (int t = t0; t < t1; ++t) {
+      const float* row = &gate_up[static_cast<size_t>(t) * 2 * f];
+      k::SiluMul(row, row + f, f, &act[static_cast<size_t>(t) * f]);
+    }
   });
   // Row-parallel down_proj: partial sums over this rank's FFN rows, then the all-reduce.
-  Linear(L.down, gate.data(), n, out);
+  Linear(L.down, act.data(), n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 
 namespace tpserve {
 
@@ -39,7 +40,7 @@ void QuantizeWeightsInt8(ModelWeights* w) {
     dst = std::move(q);
   };
   for (LayerWeights& L : w->layers) {
-    for (HostTensor* t : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) replace(*t, *t);
+    for (HostTensor* t : {&L.qkv, &L.o, &L.gate_up, &L.down}) replace(*t, *t);
   }
   replace(w->lm_head, w->lm_head.empty() ? w->embed : w->lm_head);  // tied: an int8 copy of embed
 }
@@ -47,6 +48,7 @@ void QuantizeWeightsInt8(ModelWeights* w) {
 namespace {
 
 // Collects the slices one rank needs, then reads them (so the progress line knows the total).
+// Slices given the same output tensor are stacked along its rows, in the order given.
 class Loader {
  public:
   Loader(const Checkpoint& ckpt, DType dtype) : ckpt_(ckpt), dtype_(dtype) {}
@@ -65,6 +67,7 @@ class Loader {
 
   Status Run(bool progress, LoadStats* stats) {
     uint64_t total = 0;
+    std::map<HostTensor*, int64_t> stacked_rows;  // per output: its rows so far, then its total
     for (Job& j : jobs_) {
       j.info = ckpt_.Find(j.name);
       if (j.info == nullptr) return TPS_ERROR("checkpoint is missing tensor '{}'", j.name);
@@ -72,16 +75,23 @@ class Loader {
       if (j.cols.end < 0) j.cols = {0, j.info->cols()};
       total += static_cast<uint64_t>(j.rows.size() * j.cols.size()) *
                (j.info->nbytes / std::max<int64_t>(1, j.info->numel()));
+      j.first_row = stacked_rows[j.out];
+      stacked_rows[j.out] += j.rows.size();
     }
     uint64_t done = 0;
     int last_decile = -1;
     for (Job& j : jobs_) {
-      *j.out = HostTensor(j.f32 ? DType::kF32 : dtype_, j.rows.size(), j.cols.size());
+      if (j.first_row == 0) {
+        *j.out = HostTensor(j.f32 ? DType::kF32 : dtype_, stacked_rows[j.out], j.cols.size());
+        stats->resident_bytes += j.out->bytes();
+      } else if (j.out->cols() != j.cols.size()) {
+        return TPS_ERROR("tensor '{}' has {} columns, but the tensors stacked before it have {}", j.name,
+                         j.cols.size(), j.out->cols());
+      }
       uint64_t read = 0;
       TPS_RETURN_IF_ERROR(ckpt_.ReadSlice(*j.info, j.rows.begin, j.rows.end, j.cols.begin, j.cols.end,
-                                          j.out->dtype(), j.out->data(), &read));
+                                          j.out->dtype(), j.out->row(j.first_row), &read));
       (j.replicated ? stats->replicated_bytes : stats->sharded_bytes) += read;
-      stats->resident_bytes += j.out->bytes();
       done += read;
       const int decile = static_cast<int>(10 * done / std::max<uint64_t>(1, total));
       if (progress && total >= (64u << 20) && decile != last_decile) {  // small loads stay quiet
@@ -102,6 +112,7 @@ class Loader {
     bool f32, replicated;
     HostTensor* out;
     const TensorInfo* info = nullptr;
+    int64_t first_row = 0;  // where this slice starts in *out
   };
   const Checkpoint& ckpt_;
   DType dtype_;
@@ -129,9 +140,9 @@ Result<ModelWeights> LoadShard(const Checkpoint& ckpt, const ModelConfig& c, con
     const Range kv_rows{s.kv_heads.begin * hd, s.kv_heads.end * hd};
     ld.Whole(p + "input_layernorm.weight", &L.attn_norm);
     ld.Whole(p + "post_attention_layernorm.weight", &L.mlp_norm);
-    ld.Rows(p + "self_attn.q_proj.weight", q_rows, &L.q);
-    ld.Rows(p + "self_attn.k_proj.weight", kv_rows, &L.k);
-    ld.Rows(p + "self_attn.v_proj.weight", kv_rows, &L.v);
+    ld.Rows(p + "self_attn.q_proj.weight", q_rows, &L.qkv);
+    ld.Rows(p + "self_attn.k_proj.weight", kv_rows, &L.qkv);
+    ld.Rows(p + "self_attn.v_proj.weight", kv_rows, &L.qkv);
     ld.Cols(p + "self_attn.o_proj.weight", q_rows, &L.o);
     if (c.attention_bias) {
       ld.Rows(p + "self_attn.q_proj.bias", q_rows, &L.q_bias, true);
@@ -142,8 +153,8 @@ Result<ModelWeights> LoadShard(const Checkpoint& ckpt, const ModelConfig& c, con
       ld.Whole(p + "self_attn.q_norm.weight", &L.q_norm);
       ld.Whole(p + "self_attn.k_norm.weight", &L.k_norm);
     }
-    ld.Rows(p + "mlp.gate_proj.weight", s.ffn, &L.gate);
-    ld.Rows(p + "mlp.up_proj.weight", s.ffn, &L.up);
+    ld.Rows(p + "mlp.gate_proj.weight", s.ffn, &L.gate_up);
+    ld.Rows(p + "mlp.up_proj.weight", s.ffn, &L.gate_up);
     ld.Cols(p + "mlp.down_proj.weight", s.ffn, &L.down);
   }
   TPS_RETURN_IF_ERROR(ld.Run(show_progress, &w.stats));

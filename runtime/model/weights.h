@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -32,6 +33,7 @@ class HostTensor {
   const void* row(int64_t r) const {
     return static_cast<const char*>(data()) + static_cast<size_t>(r * cols_) * kernels::DTypeSize(dtype_);
   }
+  void* row(int64_t r) { return const_cast<void*>(std::as_const(*this).row(r)); }
   // int8 weights: one scale per row (w = q * scale); nullptr for float dtypes.
   const float* row_scales() const { return scales_.empty() ? nullptr : scales_.data(); }
   // A per-row symmetric int8 copy of a float matrix.
@@ -47,13 +49,16 @@ class HostTensor {
   std::vector<float> scales_;
 };
 
+// q/k/v and gate/up are stored stacked along rows (as vLLM's QKVParallelLinear and
+// MergedColumnParallelLinear do): one matmul per group reads them in one stream, and a batched
+// step converts its activations once for the group instead of once per projection.
 struct LayerWeights {
   HostTensor attn_norm, mlp_norm;     // (hidden) f32
-  HostTensor q, k, v;                 // (local heads * head_dim, hidden)
+  HostTensor qkv;                     // (local q rows + 2 * local kv rows, hidden): q, then k, then v
   HostTensor q_bias, k_bias, v_bias;  // (local heads * head_dim) f32, Qwen2 only
   HostTensor q_norm, k_norm;          // (head_dim) f32, Qwen3 only
   HostTensor o;                       // (hidden, local q heads * head_dim)
-  HostTensor gate, up;                // (local ffn, hidden)
+  HostTensor gate_up;                 // (2 * local ffn, hidden): gate rows, then up rows
   HostTensor down;                    // (hidden, local ffn)
 };
 
