@@ -230,18 +230,28 @@ TEST(Kernels, Int8QuantizationRoundTripsWithinHalfAStep) {
   for (int8_t v : q) EXPECT_EQ(v, 0);
 }
 
-// The pool runs every chunk exactly once, from any number of threads, many times in a row.
+// The pool runs every index exactly once, from any number of threads, many times in a row; chunks
+// start at multiples of the grain and hold at least one grain (but the last may be shorter).
 TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
-  for (int threads : {1, 2, 4}) {
+  for (int threads : {1, 2, 3, 4}) {
     SetThreads(threads);
     EXPECT_EQ(NumThreads(), threads);
-    for (int total : {0, 1, 5, 16, 1000}) {
-      for (int rep = 0; rep < 50; ++rep) {
-        std::vector<std::atomic<int>> hits(total);
-        ParallelFor(total, 1, [&](int b, int e) {
-          for (int i = b; i < e; ++i) hits[i]++;
-        });
-        for (int i = 0; i < total; ++i) ASSERT_EQ(hits[i].load(), 1) << threads << " " << total << " " << i;
+    for (int total : {0, 1, 5, 16, 43, 1000}) {
+      for (int grain : {1, 4, 16}) {
+        for (int rep = 0; rep < 20; ++rep) {
+          std::vector<std::atomic<int>> hits(total);
+          std::atomic<int> chunks{0}, misplaced{0};
+          ParallelFor(total, grain, [&](int b, int e) {
+            ++chunks;
+            if (b % grain != 0 || (e - b < grain && e != total)) ++misplaced;
+            for (int i = b; i < e; ++i) hits[i]++;
+          });
+          for (int i = 0; i < total; ++i) {
+            ASSERT_EQ(hits[i].load(), 1) << threads << " " << total << " " << grain << " " << i;
+          }
+          ASSERT_EQ(misplaced.load(), 0) << threads << " threads, total " << total << ", grain " << grain;
+          ASSERT_LE(chunks.load(), threads);
+        }
       }
     }
   }

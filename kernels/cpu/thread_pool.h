@@ -16,7 +16,8 @@ void SetThreads(int n, const std::vector<int>& cpus = {});
 int NumThreads();
 
 // fn(begin, end) over contiguous chunks of [0, total), at most NumThreads() of them, each at
-// least `grain` long. Runs inline when one chunk suffices. Not reentrant.
+// least `grain` long and starting at a multiple of `grain`. Runs inline when one chunk suffices.
+// Not reentrant.
 void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn);
 
 }  // namespace tpserve::kernels
