@@ -8,11 +8,21 @@
 
 namespace tpserve::kernels {
 
-void RmsNorm(const float* x, const float* weight, int n, float eps, float* y) {
-  double ss = 0.0;  // double: the sum of squares over hidden sizes of thousands loses bits in f32
-  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+// Cloned for AVX-512 and the baseline ISA like the loops further down.
+__attribute__((target_clones("avx512f", "default"))) void RmsNorm(const float* x, const float* weight, int n,
+                                                                  float eps, float* y) {
+  // double: the sum of squares over hidden sizes of thousands loses bits in f32. Eight partial
+  // sums in a fixed order, so the loop vectorizes and the result does not depend on the ISA.
+  double part[8] = {};
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) part[l] += static_cast<double>(x[i + l]) * x[i + l];
+  }
+  for (; i < n; ++i) part[i % 8] += static_cast<double>(x[i]) * x[i];
+  double ss = 0.0;
+  for (double p : part) ss += p;
   const float inv = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
-  for (int i = 0; i < n; ++i) y[i] = x[i] * inv * weight[i];
+  for (i = 0; i < n; ++i) y[i] = x[i] * inv * weight[i];
 }
 
 void RopeRotateHalf(float* x, int head_dim, const float* cos_sin) {
@@ -66,21 +76,40 @@ __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* g
   for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + ExpPoly(-gate[i])) * up[i];
 }
 
+namespace {
+// y += a * x over n floats.
+__attribute__((target_clones("avx512f", "default"))) void Axpy(float a, const float* x, int n, float* y) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+}  // namespace
+
 void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
                    int block_size, int d, float scale, float* scratch, float* out) {
-  const DotFn dot = ActiveKernels().dot[static_cast<int>(DType::kF32)];
+  const CpuKernelTable& kt = ActiveKernels();
+  const DotFn dot = kt.dot[static_cast<int>(DType::kF32)];
+  const Rows4Fn rows4 = kt.rows4[static_cast<int>(DType::kF32)];
+  // Scores block by block: a block's keys are rows at a stride of d, so four at a time go through
+  // rows4 (bitwise the single dot, four key streams in flight).
+  for (int p = 0, b = 0; p < npos; ++b) {
+    const float* keys = k_blocks[b];
+    const int n_in = std::min(block_size, npos - p);
+    int j = 0;
+    if (rows4 != nullptr) {
+      for (; j + 4 <= n_in; j += 4)
+        rows4(q, keys + static_cast<size_t>(j) * d, sizeof(float) * d, d, &scratch[p + j]);
+    }
+    for (; j < n_in; ++j) scratch[p + j] = dot(q, keys + static_cast<size_t>(j) * d, d);
+    p += n_in;
+  }
   float max_score = -INFINITY;
   for (int p = 0; p < npos; ++p) {
-    const float s = dot(q, k_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d) * scale;
-    scratch[p] = s;
-    if (s > max_score) max_score = s;
+    scratch[p] *= scale;
+    max_score = std::max(max_score, scratch[p]);
   }
   const float inv = 1.0f / ExpShiftedSum(scratch, npos, max_score);
-  for (int i = 0; i < d; ++i) out[i] = 0.0f;
+  std::fill(out, out + d, 0.0f);
   for (int p = 0; p < npos; ++p) {
-    const float w = scratch[p] * inv;
-    const float* vr = v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d;
-    for (int i = 0; i < d; ++i) out[i] += w * vr[i];
+    Axpy(scratch[p] * inv, v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d, out);
   }
 }
 
