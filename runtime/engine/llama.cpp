@@ -104,6 +104,16 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   auto kv_of = [&](int hq) { return static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin); };
   std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
+  // Decode rows (every row in deterministic mode) are gathered here and run in one pool dispatch
+  // after the loop; `table` is where their sequence's block pointers start in kb/vb.
+  struct DecodeRow {
+    int t;
+    size_t table;
+    int nblocks;
+  };
+  std::vector<DecodeRow> decode_rows;
+  std::vector<const float*> kb, vb;  // per decode sequence: (nkv, its blocks)
+  int decode_npos_max = 0;
   for (size_t it = 0; it < batch.items.size(); ++it) {
     const SequenceKv& seq = *batch.items[it].seq;
     const int first = batch.first_row[it], rows = batch.items[it].n;
@@ -132,26 +142,28 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
       });
       continue;
     }
-    // Decode rows (or deterministic mode): one query at a time over the paged blocks, which is
-    // bitwise independent of the batch. Block pointers of each local KV head: (nkv, blocks).
-    std::vector<const float*> kb(static_cast<size_t>(nkv) * nblocks), vb(kb.size());
+    const size_t table = kb.size();
     for (int hk = 0; hk < nkv; ++hk) {
       for (int b = 0; b < nblocks; ++b) {
-        kb[static_cast<size_t>(hk) * nblocks + b] = pool.k(layer, seq.blocks[b], hk, 0);
-        vb[static_cast<size_t>(hk) * nblocks + b] = pool.v(layer, seq.blocks[b], hk, 0);
+        kb.push_back(pool.k(layer, seq.blocks[b], hk, 0));
+        vb.push_back(pool.v(layer, seq.blocks[b], hk, 0));
       }
     }
-    k::ParallelFor(rows * nq, 4, [&](int j0, int j1) {
-      std::vector<float> scratch(npos_max);
-      for (int j = j0; j < j1; ++j) {
-        const int t = first + j / nq, hq = j % nq;
-        const int npos = batch.pos[t] + 1;  // causal: keys 0..pos of its own sequence
-        const size_t kv_at = static_cast<size_t>(kv_of(hq)) * nblocks;
-        k::AttentionHead(&q[(static_cast<size_t>(t) * nq + hq) * hd], &kb[kv_at], &vb[kv_at], npos, bs, hd,
-                         scale, scratch.data(), &attn[(static_cast<size_t>(t) * nq + hq) * hd]);
-      }
-    });
+    for (int r = 0; r < rows; ++r) decode_rows.push_back({first + r, table, nblocks});
+    decode_npos_max = std::max(decode_npos_max, npos_max);
   }
+  // One query at a time over its sequence's paged blocks: bitwise independent of the batch.
+  k::ParallelFor(static_cast<int>(decode_rows.size()) * nq, 4, [&](int j0, int j1) {
+    std::vector<float> scratch(decode_npos_max);
+    for (int j = j0; j < j1; ++j) {
+      const DecodeRow& d = decode_rows[j / nq];
+      const int hq = j % nq;
+      const int npos = batch.pos[d.t] + 1;  // causal: keys 0..pos of its own sequence
+      const size_t kv_at = d.table + static_cast<size_t>(kv_of(hq)) * d.nblocks;
+      k::AttentionHead(&q[(static_cast<size_t>(d.t) * nq + hq) * hd], &kb[kv_at], &vb[kv_at], npos, bs, hd,
+                       scale, scratch.data(), &attn[(static_cast<size_t>(d.t) * nq + hq) * hd]);
+    }
+  });
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
   Linear(L.o, attn.data(), n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
