@@ -21,8 +21,9 @@ namespace tpserve::kernels {
 
 // dot(x, w) over k elements; x is f32, w is in the table entry's dtype.
 using DotFn = float (*)(const float* x, const void* w, int k);
-// out[j] = dot(x[j], w) for 4 activation rows sharing one weight row (loaded once). Each out[j]
-// is bitwise equal to dot(x[j], w): batching never changes a token's result.
+// out[j] = dot(x[j], w) for 4 activation rows sharing one weight row (loaded once), prefetching
+// the row that follows w (rows are dense). Each out[j] is bitwise equal to dot(x[j], w): batching
+// never changes a token's result.
 using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out);
 
 // out[j] = dot(x, w + j * row_bytes) for one activation row against 4 weight rows at a fixed
