@@ -1,0 +1,121 @@
+// Batch-1 matmul read rate over a whole model's weights, without the rest of a decode step: the
+// bench-1b projection shapes (TinyLlama: 22 layers, hidden 2048, FFN 5632, 4 KV heads) split for
+// one rank of TP `--tp`, each layer's stacked q/k/v, o, stacked gate/up and down matrices in
+// their own allocations, read in order as a decode step does (so every matrix comes from DRAM).
+// Reports GB/s per dtype, overall and per projection (best of --passes); compare with perf/membw
+// at the same thread count, run right before or after (this VM drifts by ±10 % within minutes).
+//   matvec_bench --threads N [--tp T] [--passes 6]   -> one JSON document on stdout
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
+
+namespace {
+
+using tpserve::kernels::DType;
+
+struct Projection {
+  const char* name;
+  int rows, cols;
+};
+
+std::vector<Projection> LayerShapes(int tp) {
+  const int hidden = 2048, kv = 256, ffn = 5632;
+  return {{"qkv", (hidden + 2 * kv) / tp, hidden},
+          {"o", hidden, hidden / tp},
+          {"gate_up", 2 * ffn / tp, hidden},
+          {"down", hidden, ffn / tp}};
+}
+
+// Weights with ordinary magnitudes (no denormals, which would slow the float kernels).
+void Fill(void* p, size_t elems, DType dt) {
+  if (dt == DType::kI8) {
+    auto* q = static_cast<int8_t*>(p);
+    for (size_t i = 0; i < elems; ++i) q[i] = static_cast<int8_t>(static_cast<int>(i * 7 % 255) - 127);
+    return;
+  }
+  std::vector<float> row(4096);
+  for (size_t i = 0; i < row.size(); ++i) row[i] = 0.02f * std::sin(0.37f * static_cast<float>(i));
+  for (size_t at = 0; at < elems; at += row.size()) {
+    const size_t n = std::min(row.size(), elems - at);
+    tpserve::kernels::ConvertDType(row.data(), DType::kF32,
+                                   static_cast<char*>(p) + at * tpserve::kernels::DTypeSize(dt), dt, n);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 1, tp = 1, passes = 6;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--threads") threads = std::atoi(argv[i + 1]);
+    if (a == "--tp") tp = std::atoi(argv[i + 1]);
+    if (a == "--passes") passes = std::atoi(argv[i + 1]);
+  }
+  std::vector<int> cpus;
+  for (int t = 0; t < threads; ++t) cpus.push_back(t);
+  tpserve::kernels::SetThreads(threads, cpus);
+  constexpr int kLayers = 22;
+  const std::vector<Projection> shapes = LayerShapes(tp);
+  std::vector<float> x(8192), y(16384);  // >= the widest cols and rows (gate_up at TP 1: 11264)
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.1f * static_cast<float>(i));
+  nlohmann::json out = {{"bench", "batch-1 matmul read rate, bench-1b shapes"},
+                        {"threads", threads},
+                        {"tp", tp},
+                        {"isa", tpserve::kernels::ActiveKernels().isa},
+                        {"results", nlohmann::json::array()}};
+  for (DType dt : {DType::kF32, DType::kBF16, DType::kI8}) {
+    struct Matrix {
+      void* w;
+      size_t bytes;
+    };
+    std::vector<Matrix> weights;
+    std::vector<float> scales(16384, 0.01f);
+    for (int l = 0; l < kLayers; ++l) {
+      for (const Projection& s : shapes) {
+        const size_t elems = static_cast<size_t>(s.rows) * s.cols;
+        const size_t bytes = elems * tpserve::kernels::DTypeSize(dt);
+        void* w = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+        Fill(w, elems, dt);
+        weights.push_back({w, bytes});
+      }
+    }
+    std::vector<double> best_per(shapes.size(), 1e30);
+    double best = 1e30;
+    size_t total = 0;
+    for (const Matrix& m : weights) total += m.bytes;
+    for (int p = 0; p < passes; ++p) {
+      std::vector<double> per(shapes.size(), 0.0);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (size_t i = 0; i < weights.size(); ++i) {
+        const Projection& s = shapes[i % shapes.size()];
+        const auto a = std::chrono::steady_clock::now();
+        tpserve::kernels::MatmulNT(x.data(), 1, weights[i].w, dt, s.rows, s.cols, y.data(), scales.data());
+        per[i % shapes.size()] += std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+      }
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::min(best, t);
+      for (size_t j = 0; j < shapes.size(); ++j) best_per[j] = std::min(best_per[j], per[j]);
+    }
+    nlohmann::json r = {{"dtype", tpserve::kernels::DTypeName(dt)},
+                        {"bytes", total},
+                        {"gb_per_s", static_cast<double>(total) / best / 1e9}};
+    for (size_t j = 0; j < shapes.size(); ++j) {
+      r["per_projection_gb_per_s"][shapes[j].name] =
+          static_cast<double>(weights[j].bytes) * kLayers / best_per[j] / 1e9;
+    }
+    out["results"].push_back(r);
+    for (Matrix& m : weights) std::free(m.w);
+  }
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
