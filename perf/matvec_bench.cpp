@@ -5,8 +5,10 @@
 // Reports GB/s per dtype, overall and per projection (best of --passes); compare with perf/membw
 // at the same thread count, run right before or after (this VM drifts by ±10 % within minutes).
 //   matvec_bench --threads N [--tp T] [--passes 6]   -> one JSON document on stdout
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -61,7 +63,11 @@ int main(int argc, char** argv) {
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
     if (a == "--passes") passes = std::atoi(argv[i + 1]);
   }
-  std::vector<int> cpus;
+  if (threads < 1 || (tp != 1 && tp != 2 && tp != 4)) {
+    std::cerr << "matvec_bench: --threads must be >= 1 and --tp 1, 2 or 4 (bench-1b's 4 KV heads)\n";
+    return 2;
+  }
+  std::vector<int> cpus;  // pinned to CPUs 0..threads-1, as membw does
   for (int t = 0; t < threads; ++t) cpus.push_back(t);
   tpserve::kernels::SetThreads(threads, cpus);
   constexpr int kLayers = 22;

@@ -119,33 +119,41 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
     for (DType dt : kFloatDTypes) {
       for (int k : {1, 15, 16, 17, 33, 64, 100, 1001}) {
+        const int m = 53;  // over three grains of 16 rows: 2 and 3 threads really split them
         const std::vector<float> x = Random(9 * k, 21 + k);
-        Weights w = MakeWeights(Random(5 * k, 22 + k), dt, k);
+        Weights w = MakeWeights(Random(m * k, 22 + k), dt, k);
+        const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(dt);
+        const auto row = [&](int o) { return w.bytes.data() + o * row_bytes; };
         const float* xs[4] = {&x[0], &x[k], &x[2 * k], &x[3 * k]};
         float out[4];
-        kt.dot4[static_cast<int>(dt)](xs, w.bytes.data(), k, out);
-        for (int j = 0; j < 4; ++j) {
-          const float single = kt.dot[static_cast<int>(dt)](xs[j], w.bytes.data(), k);
-          ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " " << DTypeName(dt) << " k=" << k;
-        }
-        const auto row = [&](int o) { return w.bytes.data() + static_cast<size_t>(o) * k * DTypeSize(dt); };
-        if (kt.rows4[static_cast<int>(dt)] != nullptr) {  // one activation row, four weight rows
-          kt.rows4[static_cast<int>(dt)](xs[0], row(0), k * DTypeSize(dt), k, out);
+        for (const void* next : {static_cast<const void*>(nullptr), static_cast<const void*>(row(1))}) {
+          kt.dot4[static_cast<int>(dt)](xs, row(0), k, out, next);
           for (int j = 0; j < 4; ++j) {
-            const float single = kt.dot[static_cast<int>(dt)](xs[0], row(j), k);
-            ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " rows4 " << DTypeName(dt) << " k=" << k;
+            const float single = kt.dot[static_cast<int>(dt)](xs[j], row(0), k);
+            ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0) << isa << " " << DTypeName(dt) << " k=" << k;
+          }
+        }
+        if (kt.rows4[static_cast<int>(dt)] != nullptr) {  // one activation row, four weight rows
+          // Dense rows, and rows at a padded stride (every third row of w).
+          for (size_t stride : {row_bytes, 3 * row_bytes}) {
+            kt.rows4[static_cast<int>(dt)](xs[0], row(0), stride, k, out);
+            for (int j = 0; j < 4; ++j) {
+              const float single = kt.dot[static_cast<int>(dt)](xs[0], row(0) + j * stride, k);
+              ASSERT_EQ(std::memcmp(&out[j], &single, 4), 0)
+                  << isa << " rows4 " << DTypeName(dt) << " k=" << k << " stride=" << stride;
+            }
           }
         }
         for (int threads : {1, 2, 3}) {  // threads split the rows: results do not change
           SetThreads(threads);
           for (int n = 1; n <= 9; ++n) {
-            std::vector<float> y(n * 5);
-            MatmulNT(kt, x.data(), n, w.bytes.data(), dt, 5, k, y.data(), w.row_scales());
+            std::vector<float> y(n * m);
+            MatmulNT(kt, x.data(), n, w.bytes.data(), dt, m, k, y.data(), w.row_scales());
             for (int t = 0; t < n; ++t) {
-              for (int o = 0; o < 5; ++o) {
+              for (int o = 0; o < m; ++o) {
                 const float single = kt.dot[static_cast<int>(dt)](&x[t * k], row(o), k);
-                ASSERT_EQ(std::memcmp(&y[t * 5 + o], &single, 4), 0)
-                    << isa << " n=" << n << " t=" << t << " threads=" << threads;
+                ASSERT_EQ(std::memcmp(&y[t * m + o], &single, 4), 0)
+                    << isa << " n=" << n << " t=" << t << " o=" << o << " threads=" << threads;
               }
             }
           }
@@ -191,7 +199,8 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 
 // int8 MatmulNT: the same bits for every ISA, batch size and thread count.
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  const int m = 21, k = 203;  // two groups of kRowsI8 rows and a remainder
+  // 53 rows: at 2 threads the second thread's 21 rows are two groups of kRowsI8 and a remainder.
+  const int m = 53, k = 203;
   const std::vector<float> x = Random(9 * k, 41, 2.0f);
   Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
   std::vector<float> first;
@@ -304,37 +313,40 @@ TEST(Kernels, SiluMul) {
 }
 
 TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
+  // d = 24 takes only the kernels' masked tails; 64 and 72 also their full 32-wide steps.
   for (int npos : {1, 2, 16, 17, 19, 300}) {
     for (int block_size : {1, 16, 512}) {  // 512: the whole sequence in one (contiguous) block
-      const int d = 24;
-      const int nblocks = (npos + block_size - 1) / block_size;
-      // Blocks in scattered order inside one pool, as a block table would place them.
-      const std::vector<float> q = Random(d, 7, 2.0f), kpool = Random(nblocks * block_size * d * 2, 8, 2.0f),
-                               vpool = Random(nblocks * block_size * d * 2, 9);
-      std::vector<const float*> kb(nblocks), vb(nblocks);
-      for (int b = 0; b < nblocks; ++b) {
-        const size_t slot = static_cast<size_t>((b * 7) % (2 * nblocks)) * block_size * d;
-        kb[b] = kpool.data() + slot;
-        vb[b] = vpool.data() + slot;
-      }
-      auto k_at = [&](int p, int i) { return kb[p / block_size][(p % block_size) * d + i]; };
-      auto v_at = [&](int p, int i) { return vb[p / block_size][(p % block_size) * d + i]; };
-      std::vector<float> out(d), scratch(npos);
-      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-      AttentionHead(q.data(), kb.data(), vb.data(), npos, block_size, d, scale, scratch.data(), out.data());
-      std::vector<double> s(npos);
-      double mx = -1e300, z = 0;
-      for (int p = 0; p < npos; ++p) {
-        double dot = 0;
-        for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k_at(p, i);
-        s[p] = dot / std::sqrt(static_cast<double>(d));
-        mx = std::max(mx, s[p]);
-      }
-      for (double& x : s) z += (x = std::exp(x - mx));
-      for (int i = 0; i < d; ++i) {
-        double want = 0;
-        for (int p = 0; p < npos; ++p) want += s[p] / z * v_at(p, i);
-        ASSERT_NEAR(out[i], want, 2e-6) << "npos " << npos << " block " << block_size;
+      for (int d : {24, 64, 72}) {
+        const int nblocks = (npos + block_size - 1) / block_size;
+        // Blocks in scattered order inside one pool, as a block table would place them.
+        const std::vector<float> q = Random(d, 7, 2.0f),
+                                 kpool = Random(nblocks * block_size * d * 2, 8, 2.0f),
+                                 vpool = Random(nblocks * block_size * d * 2, 9);
+        std::vector<const float*> kb(nblocks), vb(nblocks);
+        for (int b = 0; b < nblocks; ++b) {
+          const size_t slot = static_cast<size_t>((b * 7) % (2 * nblocks)) * block_size * d;
+          kb[b] = kpool.data() + slot;
+          vb[b] = vpool.data() + slot;
+        }
+        auto k_at = [&](int p, int i) { return kb[p / block_size][(p % block_size) * d + i]; };
+        auto v_at = [&](int p, int i) { return vb[p / block_size][(p % block_size) * d + i]; };
+        std::vector<float> out(d), scratch(npos);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        AttentionHead(q.data(), kb.data(), vb.data(), npos, block_size, d, scale, scratch.data(), out.data());
+        std::vector<double> s(npos);
+        double mx = -1e300, z = 0;
+        for (int p = 0; p < npos; ++p) {
+          double dot = 0;
+          for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k_at(p, i);
+          s[p] = dot / std::sqrt(static_cast<double>(d));
+          mx = std::max(mx, s[p]);
+        }
+        for (double& x : s) z += (x = std::exp(x - mx));
+        for (int i = 0; i < d; ++i) {
+          double want = 0;
+          for (int p = 0; p < npos; ++p) want += s[p] / z * v_at(p, i);
+          ASSERT_NEAR(out[i], want, 2e-6) << "npos " << npos << " block " << block_size << " d " << d;
+        }
       }
     }
   }

@@ -110,7 +110,8 @@ void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DT
         const float* xs[4] = {x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
                               x + static_cast<size_t>(t + 2) * k, x + static_cast<size_t>(t + 3) * k};
         float out[4];
-        dot4(xs, row, k, out);
+        // The first activation group prefetches the next weight row; later groups find this one cached.
+        dot4(xs, row, k, out, t == 0 ? static_cast<const char*>(row) + row_bytes : nullptr);
         for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t + j) * m + o] = out[j];
       }
       for (; t < n; ++t) y[static_cast<size_t>(t) * m + o] = dot(x + static_cast<size_t>(t) * k, row, k);

@@ -68,7 +68,7 @@ float ScalarF32(float v) {
 
 // Four single dots: the same arithmetic as dot, so results match it bitwise.
 template <DotFn Dot>
-void Dot4(const float* const* x, const void* w, int k, float* out) {
+void Dot4(const float* const* x, const void* w, int k, float* out, const void* /*next*/) {
   for (int j = 0; j < 4; ++j) out[j] = Dot(x[j], w, k);
 }
 

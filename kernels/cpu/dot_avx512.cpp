@@ -40,20 +40,22 @@ float DotImpl(const float* x, const void* wv, int k) {
 }
 
 // Four activation rows against one weight row: each weight chunk is loaded and widened once and
-// feeds 4 x 2 accumulators. Each step prefetches the same chunk of the row that follows (MatmulNT's
-// rows are dense; a row of a few KB ends before the hardware prefetcher has caught up). Per row,
-// the chunking and summation order are exactly DotImpl's, so out[j] is bitwise DotImpl(x[j], w, k).
+// feeds 4 x 2 accumulators. Each step prefetches the same chunk of next_row (a row of a few KB
+// ends before the hardware prefetcher has caught up). Per row, the chunking and summation order
+// are exactly DotImpl's, so out[j] is bitwise DotImpl(x[j], w, k).
 template <typename T, __m512 (*Load)(const T*, __mmask16)>
-void Dot4Impl(const float* const* x, const void* wv, int k, float* out) {
+void Dot4Impl(const float* const* x, const void* wv, int k, float* out, const void* next_row) {
   const T* w = static_cast<const T*>(wv);
   constexpr __mmask16 kAll = 0xffff;
   __m512 a0[4], a1[4];
   for (int j = 0; j < 4; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
-  const char* next = reinterpret_cast<const char*>(w + k);
+  const char* next = static_cast<const char*>(next_row);
   constexpr int kStepBytes = 32 * sizeof(T);
   int i = 0;
   for (; i + 32 <= k; i += 32) {
-    for (int b = 0; b < kStepBytes; b += kCacheLine) _mm_prefetch(next + i * sizeof(T) + b, _MM_HINT_T0);
+    if (next != nullptr) {
+      for (int b = 0; b < kStepBytes; b += kCacheLine) _mm_prefetch(next + i * sizeof(T) + b, _MM_HINT_T0);
+    }
     const __m512 w0 = Load(w + i, kAll), w1 = Load(w + i + 16, kAll);
     for (int j = 0; j < 4; ++j) {
       a0[j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[j] + i), w0, a0[j]);

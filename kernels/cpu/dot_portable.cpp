@@ -37,7 +37,7 @@ int64_t DotI8(const int16_t* x, const int8_t* w, int k) {
 
 // Four single dots: the same arithmetic as dot, so results match it bitwise.
 template <DotFn Dot>
-void Dot4(const float* const* x, const void* w, int k, float* out) {
+void Dot4(const float* const* x, const void* w, int k, float* out, const void* /*next*/) {
   for (int j = 0; j < 4; ++j) out[j] = Dot(x[j], w, k);
 }
 

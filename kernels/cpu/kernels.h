@@ -21,10 +21,11 @@ namespace tpserve::kernels {
 
 // dot(x, w) over k elements; x is f32, w is in the table entry's dtype.
 using DotFn = float (*)(const float* x, const void* w, int k);
-// out[j] = dot(x[j], w) for 4 activation rows sharing one weight row (loaded once), prefetching
-// the row that follows w (rows are dense). Each out[j] is bitwise equal to dot(x[j], w): batching
-// never changes a token's result.
-using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out);
+// out[j] = dot(x[j], w) for 4 activation rows sharing one weight row (loaded once). While it reads
+// w it prefetches the same bytes of `next` (the weight row that follows; nullptr: none), so that a
+// caller taking the rows in order finds the next one on its way. Each out[j] is bitwise equal to
+// dot(x[j], w): batching never changes a token's result.
+using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out, const void* next);
 
 // out[j] = dot(x, w + j * row_bytes) for one activation row against 4 weight rows at a fixed
 // stride (batch-1 decode: four weight streams in flight). While it reads them it prefetches the

@@ -123,7 +123,7 @@ void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn) 
   }
   // Chunk edges fall on multiples of grain, so a kernel that takes rows in groups (4 or 8 weight
   // rows) never sees a group cut between two threads.
-  const int64_t units = (total + grain - 1) / grain;
+  const int64_t units = (static_cast<int64_t>(total) + grain - 1) / grain;
   auto edge = [&](int c) { return static_cast<int>(std::min<int64_t>(total, units * c / chunks * grain)); };
   g_pool->Run(chunks, [&](int c) {
     const int begin = edge(c), end = edge(c + 1);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <set>
 
 namespace tpserve {
 
@@ -68,6 +69,7 @@ class Loader {
   Status Run(bool progress, LoadStats* stats) {
     uint64_t total = 0;
     std::map<HostTensor*, int64_t> stacked_rows;  // per output: its rows so far, then its total
+    std::set<HostTensor*> allocated;
     for (Job& j : jobs_) {
       j.info = ckpt_.Find(j.name);
       if (j.info == nullptr) return TPS_ERROR("checkpoint is missing tensor '{}'", j.name);
@@ -81,7 +83,7 @@ class Loader {
     uint64_t done = 0;
     int last_decile = -1;
     for (Job& j : jobs_) {
-      if (j.first_row == 0) {
+      if (allocated.insert(j.out).second) {
         *j.out = HostTensor(j.f32 ? DType::kF32 : dtype_, stacked_rows[j.out], j.cols.size());
         stats->resident_bytes += j.out->bytes();
       } else if (j.out->cols() != j.cols.size()) {

@@ -43,7 +43,8 @@ class RequestChannel {
   // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
   // before every step (RequestQueue::TakePlan), so a cancelled request stops at the next step
   // boundary rather than at the gateway thread's next wake-up. Reset to nullptr before the RPC's
-  // context goes away.
+  // context goes away. `gone` runs under the queue's and this channel's locks: it must be cheap
+  // and must not call back into either.
   void WatchClient(std::function<bool()> gone);
   bool ClientGone();
 

@@ -1,0 +1,71 @@
+// RequestQueue: requests whose client is gone leave at the next plan (the engine asks before every
+// step), whether the engine already runs them or not.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <memory>
+
+#include "server/request_queue.h"
+
+namespace tpserve {
+namespace {
+
+RequestSpec Spec() {
+  RequestSpec s;
+  s.prompt = {1, 2, 3};
+  return s;
+}
+
+TEST(RequestQueue, RunningRequestWhoseClientIsGoneIsCancelledInTheNextPlan) {
+  RequestQueue queue(8);
+  auto a = queue.Submit(Spec()), b = queue.Submit(Spec());
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::atomic<bool> a_gone{false};
+  (*a)->WatchClient([&] { return a_gone.load(); });
+  (*b)->WatchClient([] { return false; });
+  StepPlan first = queue.TakePlan();
+  ASSERT_EQ(first.add.size(), 2u);
+  EXPECT_TRUE(first.cancel.empty());
+  a_gone = true;
+  int finished = -1;
+  StepPlan second = queue.TakePlan(&finished);
+  EXPECT_TRUE(second.add.empty());
+  ASSERT_EQ(second.cancel.size(), 1u);
+  EXPECT_EQ(second.cancel[0], (*a)->id());
+  EXPECT_EQ(finished, 0);  // a client cancel, not a request the gateway finished
+  EXPECT_EQ(queue.active(), 1u);
+  // Cancelled once only: the handler's own Cancel afterwards finds nothing left to do.
+  queue.Cancel((*a)->id());
+  EXPECT_TRUE(queue.TakePlan().cancel.empty());
+}
+
+TEST(RequestQueue, PendingRequestWhoseClientIsGoneNeverReachesTheEngine) {
+  RequestQueue queue(8);
+  auto a = queue.Submit(Spec());
+  ASSERT_TRUE(a.ok());
+  (*a)->WatchClient([] { return true; });
+  StepPlan plan = queue.TakePlan();
+  EXPECT_TRUE(plan.add.empty());
+  EXPECT_TRUE(plan.cancel.empty());  // the engine never saw it, so there is nothing to cancel
+  EXPECT_EQ(queue.active(), 0u);
+}
+
+TEST(RequestQueue, AResetWatcherIsNeverAskedAgain) {
+  RequestQueue queue(8);
+  auto a = queue.Submit(Spec());
+  ASSERT_TRUE(a.ok());
+  int asked = 0;
+  (*a)->WatchClient([&] {
+    ++asked;
+    return false;
+  });
+  EXPECT_FALSE((*a)->ClientGone());
+  (*a)->WatchClient(nullptr);  // what the gateway handler does before it returns
+  EXPECT_FALSE((*a)->ClientGone());
+  queue.TakePlan();
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ(queue.active(), 1u);
+}
+
+}  // namespace
+}  // namespace tpserve
