@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -141,14 +140,8 @@ void AttentionPrefill(const float* q, int ldq, int rows, int pos0, const float* 
     for (int i = 0; i < nt; ++i) {
       float* row = s + static_cast<size_t>(i) * keys;
       const int valid = pos0 + r0 + i + 1;  // causal: keys 0 .. its own position
-      float mx = -INFINITY;
-      for (int p = 0; p < valid; ++p) {
-        row[p] *= scale;
-        mx = std::max(mx, row[p]);
-      }
-      const float inv = 1.0f / ExpShiftedSum(row, valid, mx);
-      for (int p = 0; p < valid; ++p) row[p] *= inv;
-      for (int p = valid; p < keys; ++p) row[p] = 0.0f;
+      ScaledSoftmax(row, valid, scale);
+      std::fill(row + valid, row + keys, 0.0f);
     }
     GemmNNSerial(s, keys, nt, v, d, d, keys, out + static_cast<size_t>(r0) * ldo, ldo);
   }

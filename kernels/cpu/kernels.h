@@ -87,6 +87,10 @@ void RopeRotateHalf(float* x, int head_dim, const float* cos_sin);
 // polynomial (relative error within a few ulp); exp of anything below -87 is 0.
 float ExpShiftedSum(float* x, int n, float shift);
 
+// x = softmax(scale * x) over n values, in place: max-subtracted, exp as in ExpShiftedSum. The
+// attention kernels' softmax (per query over its keys).
+void ScaledSoftmax(float* x, int n, float scale);
+
 // out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)), exp as in ExpShiftedSum.
 void SiluMul(const float* gate, const float* up, int n, float* out);
 

@@ -71,6 +71,16 @@ __attribute__((target_clones("avx512f", "default"))) float ExpShiftedSum(float* 
   return sum;
 }
 
+void ScaledSoftmax(float* x, int n, float scale) {
+  float mx = -INFINITY;
+  for (int i = 0; i < n; ++i) {
+    x[i] *= scale;
+    mx = std::max(mx, x[i]);
+  }
+  const float inv = 1.0f / ExpShiftedSum(x, n, mx);
+  for (int i = 0; i < n; ++i) x[i] *= inv;
+}
+
 __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* gate, const float* up, int n,
                                                                   float* out) {
   for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + ExpPoly(-gate[i])) * up[i];
@@ -101,15 +111,10 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
     for (; j < n_in; ++j) scratch[p + j] = dot(q, keys + static_cast<size_t>(j) * d, d);
     p += n_in;
   }
-  float max_score = -INFINITY;
-  for (int p = 0; p < npos; ++p) {
-    scratch[p] *= scale;
-    max_score = std::max(max_score, scratch[p]);
-  }
-  const float inv = 1.0f / ExpShiftedSum(scratch, npos, max_score);
+  ScaledSoftmax(scratch, npos, scale);
   std::fill(out, out + d, 0.0f);
   for (int p = 0; p < npos; ++p) {
-    Axpy(scratch[p] * inv, v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d, out);
+    Axpy(scratch[p], v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d, out);
   }
 }
 

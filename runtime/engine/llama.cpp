@@ -56,25 +56,23 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   const int nq = static_cast<int>(s.q_heads.size()), nkv = static_cast<int>(s.kv_heads.size());
   const size_t q_dim = static_cast<size_t>(nq) * hd, kv_dim = static_cast<size_t>(nkv) * hd;
   const size_t qkv_dim = q_dim + 2 * kv_dim;
-  std::vector<float> qkv(n * qkv_dim);  // (n, q | k | v), one matmul over the stacked rows
+  // (n, q | k | v): one matmul over the stacked rows; the three parts are used in place.
+  std::vector<float> qkv(n * qkv_dim);
   Linear(L.qkv, h, n, qkv.data());
-  std::vector<float> q(n * q_dim), kk(n * kv_dim), vv(n * kv_dim);  // (n, heads, hd) each
-  for (int t = 0; t < n; ++t) {
-    const float* row = &qkv[t * qkv_dim];
-    std::memcpy(&q[t * q_dim], row, sizeof(float) * q_dim);
-    std::memcpy(&kk[t * kv_dim], row + q_dim, sizeof(float) * kv_dim);
-    std::memcpy(&vv[t * kv_dim], row + q_dim + kv_dim, sizeof(float) * kv_dim);
-  }
-  auto add_bias = [n](std::vector<float>& y, const HostTensor& b) {
+  auto q_at = [&](int t, int hq) { return &qkv[t * qkv_dim + static_cast<size_t>(hq) * hd]; };
+  auto k_at = [&](int t, int hk) { return &qkv[t * qkv_dim + q_dim + static_cast<size_t>(hk) * hd]; };
+  auto v_at = [&](int t, int hk) {
+    return &qkv[t * qkv_dim + q_dim + kv_dim + static_cast<size_t>(hk) * hd];
+  };
+  auto add_bias = [&](size_t part, const HostTensor& b) {  // part: where q, k or v starts in a row
     if (b.empty()) return;
-    const int m = static_cast<int>(b.rows());
     for (int t = 0; t < n; ++t) {
-      for (int i = 0; i < m; ++i) y[static_cast<size_t>(t) * m + i] += b.f32()[i];
+      for (int64_t i = 0; i < b.rows(); ++i) qkv[t * qkv_dim + part + i] += b.f32()[i];
     }
   };
-  add_bias(q, L.q_bias);
-  add_bias(kk, L.k_bias);
-  add_bias(vv, L.v_bias);
+  add_bias(0, L.q_bias);
+  add_bias(q_dim, L.k_bias);
+  add_bias(q_dim + kv_dim, L.v_bias);
 
   // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks.
   std::vector<float> cos_sin(hd);
@@ -84,18 +82,17 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     SequenceKv& seq = *batch.items[batch.item[t]].seq;
     RopeTable(pos, cos_sin.data());
     for (int hq = 0; hq < nq; ++hq) {
-      float* v = &q[(static_cast<size_t>(t) * nq + hq) * hd];
+      float* v = q_at(t, hq);
       if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
       k::RopeRotateHalf(v, hd, cos_sin.data());
     }
     for (int hk = 0; hk < nkv; ++hk) {
-      float* v = &kk[(static_cast<size_t>(t) * nkv + hk) * hd];
+      float* v = k_at(t, hk);
       if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
       k::RopeRotateHalf(v, hd, cos_sin.data());
       const int32_t block = seq.blocks[pos / bs];
       std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
-      std::memcpy(pool.v(layer, block, hk, pos % bs), &vv[(static_cast<size_t>(t) * nkv + hk) * hd],
-                  sizeof(float) * hd);
+      std::memcpy(pool.v(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
     }
   }
 
@@ -135,9 +132,9 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
         std::vector<float> scratch(static_cast<size_t>(k::kAttentionTileRows) * npos_max);
         for (int hq = h0; hq < h1; ++hq) {
           const size_t kv_at = static_cast<size_t>(kv_of(hq)) * npos_max * hd;
-          k::AttentionPrefill(&q[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd, rows, pos0,
-                              &keys[kv_at], &vals[kv_at], hd, scale,
-                              &attn[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd, scratch.data());
+          k::AttentionPrefill(q_at(first, hq), static_cast<int>(qkv_dim), rows, pos0, &keys[kv_at],
+                              &vals[kv_at], hd, scale, &attn[(static_cast<size_t>(first) * nq + hq) * hd],
+                              nq * hd, scratch.data());
         }
       });
       continue;
@@ -160,8 +157,8 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
       const int hq = j % nq;
       const int npos = batch.pos[d.t] + 1;  // causal: keys 0..pos of its own sequence
       const size_t kv_at = d.table + static_cast<size_t>(kv_of(hq)) * d.nblocks;
-      k::AttentionHead(&q[(static_cast<size_t>(d.t) * nq + hq) * hd], &kb[kv_at], &vb[kv_at], npos, bs, hd,
-                       scale, scratch.data(), &attn[(static_cast<size_t>(d.t) * nq + hq) * hd]);
+      k::AttentionHead(q_at(d.t, hq), &kb[kv_at], &vb[kv_at], npos, bs, hd, scale, scratch.data(),
+                       &attn[(static_cast<size_t>(d.t) * nq + hq) * hd]);
     }
   });
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
