@@ -14,12 +14,7 @@ CASES="${CASES:-1x2 2x1 1x1}"
 FORMATS="${FORMATS:-f32 bf16 int8}"
 TOKENS="${TOKENS:-32}"
 REPEATS="${REPEATS:-3}"
-BIN="$BUILD/runtime"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MODEL="${MODEL:-$WORK/bench-1b}"
-[ -f "$MODEL/config.json" ] || "$BIN/tpserve-mkmodel" --preset bench-1b --dtype bf16 --seed 0 --out "$MODEL" 2>/dev/null
+source "$(dirname "$0")/bench_1b_model.sh"
 rows=()
 for fmt in $FORMATS; do
   case "$fmt" in

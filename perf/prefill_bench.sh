@@ -10,12 +10,7 @@ OUT="${2:-perf/results/prefill_bench.json}"
 CASES="${CASES:-1x2}"
 FORMATS="${FORMATS:-bf16}"
 PROMPT="${PROMPT:-512}"
-BIN="$BUILD/runtime"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-MODEL="${MODEL:-$WORK/bench-1b}"
-[ -f "$MODEL/config.json" ] || "$BIN/tpserve-mkmodel" --preset bench-1b --dtype bf16 --seed 0 --out "$MODEL" 2>/dev/null
+source "$(dirname "$0")/bench_1b_model.sh"
 ids=$(python3 -c "print(','.join(str(3 + (i * 37) % 31000) for i in range($PROMPT)))")
 rows=()
 for fmt in $FORMATS; do
