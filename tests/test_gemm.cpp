@@ -113,6 +113,118 @@ TEST(Gemm, MatmulPolicyKeepsTheBatchInvariantKernelsWhereItMust) {
   }
 }
 
+// The packed layout written out from its definition (kernels.h), independently of PackedBf16.
+std::vector<uint16_t> PackByDefinition(const std::vector<uint16_t>& w, int m, int k, int kpad) {
+  const int blocks = (m + kPackedRows - 1) / kPackedRows;
+  std::vector<uint16_t> out(static_cast<size_t>(blocks) * kpad * kPackedRows, 0);
+  for (int o = 0; o < m; ++o) {
+    for (int c = 0; c < k; ++c) {
+      const size_t in_block = (static_cast<size_t>(c / 2) * kPackedRows + o % kPackedRows) * 2 + c % 2;
+      out[static_cast<size_t>(o / kPackedRows) * kpad * kPackedRows + in_block] =
+          w[static_cast<size_t>(o) * k + c];
+    }
+  }
+  return out;
+}
+
+// y = x w^T with bf16 w (and x rounded to bf16 when x_bf16), in double, against got (rows of
+// stride ldy).
+void ExpectBf16Product(const std::vector<float>& x, bool x_bf16, const std::vector<float>& wf, int n, int m,
+                       int k, const float* got, int ldy, const std::string& what) {
+  const std::vector<double> xs = AsSeen(x, x_bf16 ? DType::kBF16 : DType::kF32),
+                            ws = AsSeen(wf, DType::kBF16);
+  for (int t = 0; t < n; ++t) {
+    for (int o = 0; o < m; ++o) {
+      double want = 0, mag = 0;
+      for (int i = 0; i < k; ++i) {
+        want += xs[t * k + i] * ws[o * k + i];
+        mag += std::abs(xs[t * k + i] * ws[o * k + i]);
+      }
+      ASSERT_NEAR(got[static_cast<size_t>(t) * ldy + o], want, 4 * k * 6e-8 * mag + 1e-30)
+          << what << " n=" << n << " m=" << m << " k=" << k << " row " << t << " col " << o;
+    }
+  }
+}
+
+std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  ConvertDType(v.data(), DType::kF32, out.data(), DType::kBF16, v.size());
+  return out;
+}
+
+// Every ISA's packed kernel over one block built from the layout's definition: row counts on
+// both sides of its 4-row groups, k not a multiple of the pair or the 32-wide k block, and fewer
+// than 64 valid output rows (the rest of y must stay untouched).
+TEST(PackedBf16, BlockKernelOfEveryIsaMatchesReference) {
+  for (const std::string& isa : SupportedIsas()) {
+    const CpuKernelTable& kt = *KernelsForIsa(isa);
+    for (int k : {1, 2, 31, 33, 100}) {
+      const int kpad = (k + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign;
+      for (int cols : {1, 17, 64}) {
+        const std::vector<float> wf = Random(static_cast<size_t>(cols) * k, k + cols);
+        const std::vector<uint16_t> block = PackByDefinition(ToBf16(wf), cols, k, kpad);
+        for (int n : {1, 2, 3, 4, 5, 7, 9}) {
+          const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
+          std::vector<float> xp(static_cast<size_t>(n) * kpad, 0.0f);
+          for (int t = 0; t < n; ++t)
+            std::copy_n(&x[static_cast<size_t>(t) * k], k, &xp[static_cast<size_t>(t) * kpad]);
+          const int ldy = 70;
+          std::vector<float> y(static_cast<size_t>(n) * ldy, -7.0f);
+          kt.packed_bf16(xp.data(), n, kpad, block.data(), y.data(), ldy, cols);
+          ExpectBf16Product(x, /*x_bf16=*/false, wf, n, cols, k, y.data(), ldy, isa);
+          for (int t = 0; t < n; ++t) {
+            for (int o = cols; o < ldy; ++o) ASSERT_EQ(y[static_cast<size_t>(t) * ldy + o], -7.0f) << isa;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Pack writes exactly the defined layout (zero padding included) and Unpack restores the matrix
+// bit for bit; MatmulPacked, through oneDNN (8 rows and more) and through the block kernel (fewer),
+// then computes the right product, which shows that oneDNN reads the layout as defined. Shapes
+// cover partial blocks and, at k = 2100, several ~1 MB slices per thread.
+TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
+  if (!PackedBf16::Pack(std::vector<uint16_t>(64 * 64).data(), 64, 64)) {
+    GTEST_SKIP() << "this CPU's oneDNN bf16 kernels use another weight layout, or it lacks AVX512-BF16: "
+                    "bf16 weights stay plain here";
+  }
+  struct Case {
+    int m, k;
+  };
+  for (int threads : {1, 2, 3}) {
+    SetThreads(threads);
+    for (const Case& c :
+         {Case{1, 1}, Case{37, 75}, Case{64, 64}, Case{65, 129}, Case{200, 33}, Case{450, 2100}}) {
+      const std::vector<float> wf = Random(static_cast<size_t>(c.m) * c.k, c.m + c.k);
+      const std::vector<uint16_t> wb = ToBf16(wf);
+      auto packed = PackedBf16::Pack(wb.data(), c.m, c.k);
+      ASSERT_TRUE(packed) << "m=" << c.m << " k=" << c.k;
+      ASSERT_EQ(packed->padded_cols() % kPackedKAlign, 0);
+      const std::vector<uint16_t> want = PackByDefinition(wb, c.m, c.k, packed->padded_cols());
+      ASSERT_EQ(packed->bytes(), want.size() * sizeof(uint16_t));
+      ASSERT_EQ(std::memcmp(packed->block(0), want.data(), packed->bytes()), 0)
+          << "m=" << c.m << " k=" << c.k;
+      std::vector<uint16_t> back(wb.size(), 0xffff);
+      packed->Unpack(back.data());
+      ASSERT_EQ(back, wb);
+      std::vector<uint16_t> row(c.k);
+      packed->UnpackRow(c.m - 1, row.data());
+      ASSERT_EQ(std::memcmp(row.data(), &wb[static_cast<size_t>(c.m - 1) * c.k], c.k * sizeof(uint16_t)), 0);
+      for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33}) {
+        const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
+        std::vector<float> y(static_cast<size_t>(n) * c.m);
+        MatmulPacked(x.data(), n, *packed, y.data());
+        // Like plain bf16 weights: the GEMM (kGemmMinRows rows and more) takes bf16 activations.
+        ExpectBf16Product(x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
+                          "threads " + std::to_string(threads));
+      }
+    }
+  }
+  SetThreads(1);
+}
+
 // Causal attention of a prefill chunk (rows at positions pos0..) against a double softmax
 // reference, across the query-tile boundary and with row strides, as the engine calls it.
 TEST(Gemm, AttentionPrefillMatchesCausalSoftmaxReference) {

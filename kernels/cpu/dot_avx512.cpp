@@ -114,6 +114,9 @@ void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, i
   int8_detail::RowsI8Impl<kRowsI8, false>(x, w, row_stride, k, out);
 }
 
+// dot_avx512_packed.cpp
+void PackedBf16Avx512(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
+
 const CpuKernelTable* Avx512Kernels() {
   static const CpuKernelTable table = [] {
     CpuKernelTable t;
@@ -131,6 +134,7 @@ const CpuKernelTable* Avx512Kernels() {
     const bool vnni = __builtin_cpu_supports("avx512vnni");
     t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
     t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
+    t.packed_bf16 = PackedBf16Avx512;
     return t;
   }();
   return &table;

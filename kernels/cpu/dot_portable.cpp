@@ -43,6 +43,19 @@ void Dot4(const float* const* x, const void* w, int k, float* out, const void* /
 
 }  // namespace
 
+void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
+  for (int r = 0; r < n; ++r) {
+    const float* xr = x + static_cast<size_t>(r) * kpad;
+    for (int j = 0; j < cols; ++j) {
+      float acc = 0.0f;
+      for (int c = 0; c < kpad; ++c) {
+        acc += xr[c] * Bf16ToF32(block[(static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2]);
+      }
+      y[static_cast<size_t>(r) * ldy + j] = acc;
+    }
+  }
+}
+
 const CpuKernelTable& PortableKernels() {
   static const CpuKernelTable table = [] {
     CpuKernelTable t;

@@ -3,8 +3,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
@@ -29,7 +31,8 @@ struct Shape {
   int n, m, k, ldx, ldw, ldy;
   bool w_transposed;  // w is (m, k) rows (NT) rather than (k, m) rows (NN)
   Dt src, wei;
-  auto key() const { return std::tie(n, m, k, ldx, ldw, ldy, w_transposed, src, wei); }
+  bool w_packed = false;  // w is a PackedBf16 slice of m rows (ldw and w_transposed unused)
+  auto key() const { return std::tie(n, m, k, ldx, ldw, ldy, w_transposed, src, wei, w_packed); }
   bool operator<(const Shape& o) const { return key() < o.key(); }
 };
 
@@ -45,11 +48,38 @@ ThreadState& State() {
   return state;
 }
 
+int RoundUp(int v, int to) {
+  return (v + to - 1) / to * to;
+}
+
+// The packed layout of kernels.h (kPackedRows) as a oneDNN descriptor of the (k, m) weights: k in
+// blocks of 32 (16 pairs), m in blocks of 64, a pair innermost. PackedBf16::Pack checks that it
+// is the layout the library itself picks before using it.
+memory::desc PackedDesc(int m, int k) {
+  dnnl_memory_desc_t d{};
+  d.ndims = 2;
+  d.dims[0] = k;
+  d.dims[1] = m;
+  d.data_type = dnnl_bf16;
+  d.padded_dims[0] = RoundUp(k, kPackedKAlign);
+  d.padded_dims[1] = RoundUp(m, kPackedRows);
+  d.format_kind = dnnl_blocked;
+  dnnl_blocking_desc_t& b = d.format_desc.blocking;
+  b.strides[0] = kPackedKAlign * kPackedRows;
+  b.strides[1] = d.padded_dims[0] * kPackedRows;
+  b.inner_nblks = 3;
+  b.inner_blks[0] = kPackedKAlign / 2, b.inner_idxs[0] = 0;
+  b.inner_blks[1] = kPackedRows, b.inner_idxs[1] = 1;
+  b.inner_blks[2] = 2, b.inner_idxs[2] = 0;
+  return memory::desc(d);
+}
+
 // The three operands' layouts of a shape (strides in elements).
 memory::desc SrcDesc(const Shape& s) {
   return {{s.n, s.k}, s.src, {s.ldx, 1}};
 }
 memory::desc WeiDesc(const Shape& s) {
+  if (s.w_packed) return PackedDesc(s.m, s.k);
   return {{s.k, s.m}, s.wei, s.w_transposed ? memory::dims{1, s.ldw} : memory::dims{s.ldw, 1}};
 }
 memory::desc DstDesc(const Shape& s) {
@@ -63,6 +93,12 @@ dnnl::matmul& Primitive(ThreadState& st, const Shape& s) {
   // cache still avoids recompiling a recently seen shape).
   if (st.cache.size() >= 512) st.cache.clear();
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(SrcDesc(s), WeiDesc(s), DstDesc(s)), Engine());
+  // The library's reference loop is correct but orders of magnitude slower: say so once.
+  static std::atomic<bool> warned{false};
+  if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0 && !warned.exchange(true)) {
+    std::fprintf(stderr, "tpserve: warning: oneDNN runs a %dx%dx%d matmul with its slow reference kernel\n",
+                 s.n, s.m, s.k);
+  }
   return st.cache.emplace(s, dnnl::matmul(pd)).first->second;
 }
 
@@ -83,6 +119,51 @@ void Run(const Shape& s, const void* x, const void* w, float* y) {
   }
 }
 
+// Run with y a column block of a matrix of row stride ldy: oneDNN 2.6's brgemm kernels (AMX and
+// AVX512-BF16) take only a dense destination, and with a strided one it falls back to kernels
+// that repack the weights on every call (or, for packed weights, to its reference loop). So the
+// slice goes to a dense per-thread buffer, then into place.
+void RunDenseOut(Shape s, const void* x, const void* w, float* y, int ldy) {
+  if (ldy == s.m) return Run(s, x, w, y);
+  thread_local std::vector<float> dense;
+  dense.resize(static_cast<size_t>(s.n) * s.m);
+  s.ldy = s.m;
+  Run(s, x, w, dense.data());
+  for (int r = 0; r < s.n; ++r) {
+    std::copy_n(&dense[static_cast<size_t>(r) * s.m], s.m, y + static_cast<size_t>(r) * ldy);
+  }
+}
+
+// x(n, k) rounded to bf16 rows of stride ld (>= k; the padding columns are zero).
+std::vector<uint16_t> ToBf16Rows(const float* x, int n, int k, int ld) {
+  std::vector<uint16_t> out(static_cast<size_t>(n) * ld, 0);
+  ParallelFor(n, 1, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      ConvertDType(x + static_cast<size_t>(r) * k, DType::kF32, &out[static_cast<size_t>(r) * ld],
+                   DType::kBF16, k);
+    }
+  });
+  return out;
+}
+
+// Weight rows go out in slices of 64 (a multiple of every kernel's register block, and the packed
+// block) so the split is even, and each library call takes at most ~1 MB of weights: that part
+// stays in L2 while all n activation rows stream past it, so the weights are read from memory
+// once. call(o0, o1) runs rows [o0, o1).
+constexpr int kSlice = kPackedRows;  // so slices of packed weights start on a block
+int SliceBlocks(int k, size_t esize) {
+  return std::max(1, static_cast<int>((size_t{1} << 20) / (static_cast<size_t>(k) * esize * kSlice)));
+}
+template <typename Call>
+void ForWeightSlices(int m, int k, size_t esize, const Call& call) {
+  const int per_call = SliceBlocks(k, esize);
+  ParallelFor((m + kSlice - 1) / kSlice, 1, [&](int b0, int b1) {
+    for (int b = b0; b < b1; b += per_call) {
+      call(b * kSlice, std::min({m, b1 * kSlice, (b + per_call) * kSlice}));
+    }
+  });
+}
+
 }  // namespace
 
 bool GemmSupports(DType wt) {
@@ -93,26 +174,108 @@ void GemmNT(const float* x, int n, const void* w, DType wt, int m, int k, float*
   const void* src = x;
   std::vector<uint16_t> x_bf16;
   if (wt == DType::kBF16) {  // the bf16 kernels take bf16 activations
-    x_bf16.resize(static_cast<size_t>(n) * k);
-    ParallelFor(n, 1, [&](int r0, int r1) {
-      ConvertDType(x + static_cast<size_t>(r0) * k, DType::kF32, &x_bf16[static_cast<size_t>(r0) * k],
-                   DType::kBF16, static_cast<size_t>(r1 - r0) * k);
-    });
+    x_bf16 = ToBf16Rows(x, n, k, k);
     src = x_bf16.data();
   }
   const Dt dt = wt == DType::kBF16 ? Dt::bf16 : Dt::f32;
   const size_t esize = DTypeSize(wt);
-  // Weight rows go out in slices of 64 (a multiple of every kernel's register block) so the split
-  // is even, and each library call takes at most ~1 MB of weights: that part stays in L2 while
-  // all n activation rows stream past it, so the weights are read from memory once.
-  constexpr int kSlice = 64;
-  const int per_call =
-      std::max(1, static_cast<int>((size_t{1} << 20) / (static_cast<size_t>(k) * esize * kSlice)));
-  ParallelFor((m + kSlice - 1) / kSlice, 1, [&](int b0, int b1) {
-    for (int b = b0; b < b1; b += per_call) {
-      const int o0 = b * kSlice, o1 = std::min({m, b1 * kSlice, (b + per_call) * kSlice});
-      const Shape s{n, o1 - o0, k, k, k, ldy, true, dt, dt};
-      Run(s, src, static_cast<const char*>(w) + static_cast<size_t>(o0) * k * esize, y + o0);
+  ForWeightSlices(m, k, esize, [&](int o0, int o1) {
+    const Shape s{n, o1 - o0, k, k, k, ldy, true, dt, dt};
+    RunDenseOut(s, src, static_cast<const char*>(w) + static_cast<size_t>(o0) * k * esize, y + o0, ldy);
+  });
+}
+
+void PackedBf16::Free::operator()(uint16_t* p) const {
+  std::free(p);
+}
+
+PackedBf16::PackedBf16(int m, int k, int kpad) : m_(m), k_(k), kpad_(kpad) {
+  data_.reset(static_cast<uint16_t*>(std::aligned_alloc(64, bytes())));
+  if (!data_) {
+    std::fprintf(stderr, "tpserve: out of memory packing a %dx%d bf16 matrix\n", m, k);
+    std::abort();
+  }
+}
+
+namespace {
+
+// Whether oneDNN picks exactly PackedDesc for these weights when left free to choose, at a few
+// row counts (its kernel choice changes with them), single-threaded as in the calls (its choice
+// changes with the thread count too).
+bool LibraryUsesPackedLayout(int m, int k) {
+  State();
+  for (const int n : {kGemmMinRows, 64, 512}) {
+    const memory::desc src({n, k}, Dt::bf16, memory::format_tag::ab);
+    const memory::desc any({k, m}, Dt::bf16, memory::format_tag::any);
+    const memory::desc dst({n, m}, Dt::f32, memory::format_tag::ab);
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, any, dst), Engine());
+      if (!(pd.weights_desc() == PackedDesc(m, k))) return false;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<PackedBf16> PackedBf16::Pack(const uint16_t* w, int m, int k) {
+  if (m <= 0 || k <= 0 || !__builtin_cpu_supports("avx512bf16")) return nullptr;
+  // The slice sizes the calls will use: one block, a full slice, and the last partial block.
+  const int full = std::min(m, kPackedRows * SliceBlocks(k, sizeof(uint16_t)));
+  for (const int rows : {std::min(m, kPackedRows), full, m % kPackedRows}) {
+    if (rows > 0 && !LibraryUsesPackedLayout(rows, k)) return nullptr;
+  }
+  std::unique_ptr<PackedBf16> p(new PackedBf16(m, k, RoundUp(k, kPackedKAlign)));
+  const int kpad = p->kpad_;
+  ParallelFor(p->blocks(), 1, [&](int b0, int b1) {
+    for (int b = b0; b < b1; ++b) {
+      uint16_t* dst = const_cast<uint16_t*>(p->block(b));
+      std::fill(dst, dst + static_cast<size_t>(kpad) * kPackedRows, uint16_t{0});
+      const int rows = std::min(kPackedRows, m - b * kPackedRows);
+      for (int j = 0; j < rows; ++j) {
+        const uint16_t* row = w + static_cast<size_t>(b * kPackedRows + j) * k;
+        for (int c = 0; c < k; ++c) dst[(static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2] = row[c];
+      }
+    }
+  });
+  return p;
+}
+
+void PackedBf16::UnpackRow(int o, uint16_t* row) const {
+  const uint16_t* src = block(o / kPackedRows);
+  const int j = o % kPackedRows;
+  for (int c = 0; c < k_; ++c) row[c] = src[(static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2];
+}
+
+void PackedBf16::Unpack(uint16_t* w) const {
+  ParallelFor(m_, kPackedRows, [&](int o0, int o1) {
+    for (int o = o0; o < o1; ++o) UnpackRow(o, w + static_cast<size_t>(o) * k_);
+  });
+}
+
+void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
+  const int m = w.rows(), k = w.cols();
+  if (n >= kGemmMinRows) {
+    const std::vector<uint16_t> xb = ToBf16Rows(x, n, k, k);
+    ForWeightSlices(m, k, sizeof(uint16_t), [&](int o0, int o1) {
+      Shape s{n, o1 - o0, k, k, 0, m, true, Dt::bf16, Dt::bf16};
+      s.w_packed = true;
+      RunDenseOut(s, xb.data(), w.block(o0 / kPackedRows), y + o0, m);
+    });
+    return;
+  }
+  const int kpad = w.padded_cols();
+  std::vector<float> xp(static_cast<size_t>(n) * kpad, 0.0f);  // rows zero-padded to kpad
+  for (int t = 0; t < n; ++t)
+    std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
+              &xp[static_cast<size_t>(t) * kpad]);
+  const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
+  ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
+    for (int b = b0; b < b1; ++b) {
+      const int o0 = b * kPackedRows;
+      kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
     }
   });
 }

@@ -7,7 +7,11 @@
 // rounding to bf16, depend on the shape), so --enable-deterministic-inference never uses them.
 #pragma once
 
+#include <cstdint>
+#include <memory>
+
 #include "cpu/dtype.h"
+#include "cpu/kernels.h"
 
 namespace tpserve::kernels {
 
@@ -32,6 +36,41 @@ void GemmNNSerial(const float* x, int ldx, int n, const float* w, int ldw, int m
 // batch_invariant is set; MatmulNT (kernels.h) otherwise. Arguments as MatmulNT's.
 void Matmul(const float* x, int n, const void* w, DType wt, int m, int k, float* y, const float* row_scales,
             bool batch_invariant);
+
+// A bf16 weight matrix w(m, k) held in the blocked layout of this CPU's oneDNN bf16 kernels
+// (kernels.h: kPackedRows), packed once at load. The library then reads it as it is instead of
+// repacking every weight slice on every call (which cost a 16-row step ~3x a batch-1 step), and
+// few-row products run PackedBf16Fn over the same bytes, so one copy serves every batch size.
+// As with plain bf16 weights, the GEMM rounds activations to bf16 and the few-row kernel keeps them f32.
+class PackedBf16 {
+ public:
+  // w packed (w: m rows of k bf16), or nullptr where this CPU's kernels use another layout or the
+  // CPU lacks AVX512-BF16: the caller keeps the plain matrix then.
+  static std::unique_ptr<PackedBf16> Pack(const uint16_t* w, int m, int k);
+  // Writes the plain matrix back (m rows of k bf16), bitwise what was packed.
+  void Unpack(uint16_t* w) const;
+  // Writes row o alone (k bf16).
+  void UnpackRow(int o, uint16_t* row) const;
+
+  int rows() const { return m_; }
+  int cols() const { return k_; }
+  int padded_cols() const { return kpad_; }  // k rounded up to kPackedKAlign
+  int blocks() const { return (m_ + kPackedRows - 1) / kPackedRows; }
+  const uint16_t* block(int b) const { return data_.get() + static_cast<size_t>(b) * kpad_ * kPackedRows; }
+  size_t bytes() const { return static_cast<size_t>(blocks()) * kpad_ * kPackedRows * sizeof(uint16_t); }
+
+ private:
+  struct Free {
+    void operator()(uint16_t* p) const;
+  };
+  PackedBf16(int m, int k, int kpad);
+  int m_, k_, kpad_;
+  std::unique_ptr<uint16_t, Free> data_;
+};
+
+// y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): oneDNN for kGemmMinRows rows or more,
+// PackedBf16Fn below that. Threads of the kernel pool split the blocks.
+void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
 
 inline constexpr int kAttentionTileRows = 64;
 

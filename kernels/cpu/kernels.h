@@ -42,6 +42,22 @@ using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
 inline constexpr int kRowsI8 = 8;
 using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 
+// Packed bf16 weights (gemm.h: PackedBf16), the blocked layout of oneDNN's AMX and AVX512-BF16
+// GEMM kernels: output rows in blocks of kPackedRows; inside a block, the k inputs (zero-padded
+// to a multiple of kPackedKAlign) in pairs, each pair's two values of one output row adjacent:
+//   w(o, c) is element ((c / 2) * kPackedRows + o % kPackedRows) * 2 + c % 2 of block o / 64.
+// A block is one contiguous stream of kpad * 64 values, read front to back by the kernels below.
+inline constexpr int kPackedRows = 64;
+inline constexpr int kPackedKAlign = 32;
+// y[r * ldy + j] = sum_c x(r, c) * w(j, c) for r < n, j < cols (<= 64), over one packed block:
+// the few-row products (batch-1 decode). x: n rows of kpad f32 (zero-padded), row stride kpad;
+// the weights are widened to f32 in registers, as the plain kernels do, so decode keeps f32
+// activations (bf16 ones would turn the TP all-reduce's last-bit differences into bf16 rounding
+// flips, and greedy tokens would then depend on the TP size).
+using PackedBf16Fn = void (*)(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy,
+                              int cols);
+void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
+
 struct CpuKernelTable {
   const char* isa = "portable";
   DotFn dot[kNumDTypes] = {};      // indexed by DType (float dtypes)
@@ -49,6 +65,7 @@ struct CpuKernelTable {
   Rows4Fn rows4[kNumDTypes] = {};  // indexed by DType; nullptr: dot per row
   DotI8Fn dot_i8 = nullptr;
   RowsI8Fn rows_i8 = nullptr;  // nullptr: dot_i8 per row
+  PackedBf16Fn packed_bf16 = PackedBf16Portable;
 };
 
 const CpuKernelTable& PortableKernels();

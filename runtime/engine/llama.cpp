@@ -13,7 +13,15 @@ namespace tpserve {
 namespace k = kernels;
 
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Communicator& tp)
-    : config_(std::move(config)), weights_(std::move(weights)), tp_(tp), inv_freq_(RopeInvFreq(config_)) {}
+    : config_(std::move(config)), weights_(std::move(weights)), tp_(tp), inv_freq_(RopeInvFreq(config_)) {
+  PackWeightsForGemm(&weights_, /*pack=*/true);
+}
+
+void LlamaModel::SetDeterministic(bool on) {
+  if (on != deterministic_) PackWeightsForGemm(&weights_, /*pack=*/!on);
+  deterministic_ = on;
+  tp_.SetDeterministic(on);
+}
 
 void LlamaModel::RopeTable(int pos, float* cos_sin) const {
   const int half = config_.head_dim / 2;
@@ -33,16 +41,15 @@ Status LlamaModel::Embed(const int32_t* ids, int n, float* x) {
     if (ids[t] < 0 || ids[t] >= config_.vocab_size) {
       return TPS_ERROR("token id {} is outside the vocabulary [0, {})", ids[t], config_.vocab_size);
     }
-    if (ids[t] >= vr.begin && ids[t] < vr.end) {
-      k::ConvertDType(e.row(ids[t] - vr.begin), e.dtype(), x + static_cast<size_t>(t) * hidden,
-                      k::DType::kF32, hidden);
-    }
+    if (ids[t] >= vr.begin && ids[t] < vr.end)
+      e.RowToF32(ids[t] - vr.begin, x + static_cast<size_t>(t) * hidden);
   }
   // Exactly one rank holds each row and the others add zeros, so the sum is exact.
   return tp_.AllReduceSum(x, static_cast<size_t>(n) * hidden);
 }
 
 void LlamaModel::Linear(const HostTensor& w, const float* x, int n, float* y) const {
+  if (w.packed() != nullptr) return k::MatmulPacked(x, n, *w.packed(), y);
   k::Matmul(x, n, w.data(), w.dtype(), static_cast<int>(w.rows()), static_cast<int>(w.cols()), y,
             w.row_scales(), deterministic_);
 }

@@ -55,11 +55,10 @@ class LlamaModel {
   Communicator& tp() { return tp_; }
   // --enable-deterministic-inference: batch-invariant kernels (per-row dot products and per-query
   // attention instead of GEMMs) and rank-ordered all-reduces, so a token's logits are bitwise the
-  // same whatever batch it shares.
-  void SetDeterministic(bool on) {
-    deterministic_ = on;
-    tp_.SetDeterministic(on);
-  }
+  // same whatever batch it shares. Off (the default), bf16 weights are held packed for the GEMM
+  // kernels (kernels::PackedBf16), which every batch size then reads; on, they are unpacked for
+  // the per-row kernels.
+  void SetDeterministic(bool on);
   bool deterministic() const { return deterministic_; }
 
  private:

@@ -28,6 +28,37 @@ HostTensor HostTensor::QuantizedInt8(const HostTensor& src) {
   return q;
 }
 
+void HostTensor::RowToF32(int64_t r, float* out) const {
+  if (!packed_) return kernels::ConvertDType(row(r), dtype_, out, DType::kF32, static_cast<size_t>(cols_));
+  std::vector<uint16_t> plain(static_cast<size_t>(cols_));
+  packed_->UnpackRow(static_cast<int>(r), plain.data());
+  kernels::ConvertDType(plain.data(), DType::kBF16, out, DType::kF32, plain.size());
+}
+
+bool HostTensor::Pack() {
+  if (packed_ || dtype_ != DType::kBF16 || data_ == nullptr) return false;
+  packed_ = kernels::PackedBf16::Pack(static_cast<const uint16_t*>(data()), static_cast<int>(rows_),
+                                      static_cast<int>(cols_));
+  if (packed_) data_.reset();
+  return packed_ != nullptr;
+}
+
+void HostTensor::Unpack() {
+  if (!packed_) return;
+  HostTensor plain(dtype_, rows_, cols_);
+  packed_->Unpack(static_cast<uint16_t*>(plain.data()));
+  data_ = std::move(plain.data_);
+  packed_.reset();
+}
+
+void PackWeightsForGemm(ModelWeights* w, bool pack) {
+  auto apply = [pack](HostTensor& t) { pack ? static_cast<void>(t.Pack()) : t.Unpack(); };
+  for (LayerWeights& L : w->layers) {
+    for (HostTensor* t : {&L.qkv, &L.o, &L.gate_up, &L.down}) apply(*t);
+  }
+  apply(w->lm_head.empty() ? w->embed : w->lm_head);
+}
+
 void QuantizeWeightsInt8(ModelWeights* w) {
   // resident_bytes follows each replacement: the old tensor's bytes out, the int8 copy's in.
   auto resident = [](const HostTensor& t) {

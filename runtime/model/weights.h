@@ -11,18 +11,21 @@
 
 #include "common/status.h"
 #include "cpu/dtype.h"
+#include "cpu/gemm.h"
 #include "model/config.h"
 #include "model/partition_plan.h"
 #include "model/safetensors.h"
 
 namespace tpserve {
 
-// A dense (rows, cols) tensor in host memory (a 1-D tensor has cols = 1), 64-byte aligned.
+// A dense (rows, cols) tensor in host memory (a 1-D tensor has cols = 1), 64-byte aligned. A bf16
+// matrix may instead be held packed for the GEMM kernels (kernels::PackedBf16); data() and row()
+// are then null, and the matmul and RowToF32 read the packed form.
 class HostTensor {
  public:
   HostTensor() = default;
   HostTensor(kernels::DType dtype, int64_t rows, int64_t cols);
-  bool empty() const { return data_ == nullptr; }
+  bool empty() const { return data_ == nullptr && packed_ == nullptr; }
   kernels::DType dtype() const { return dtype_; }
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -38,6 +41,14 @@ class HostTensor {
   const float* row_scales() const { return scales_.empty() ? nullptr : scales_.data(); }
   // A per-row symmetric int8 copy of a float matrix.
   static HostTensor QuantizedInt8(const HostTensor& src);
+  // Row r widened to f32 (cols values), from either form.
+  void RowToF32(int64_t r, float* out) const;
+
+  // Replaces a bf16 matrix by its packed form; false (and unchanged) for other dtypes or where
+  // this CPU's kernels keep the plain layout. Unpack restores the plain form bit for bit.
+  bool Pack();
+  void Unpack();
+  const kernels::PackedBf16* packed() const { return packed_.get(); }
 
  private:
   struct Free {
@@ -46,6 +57,7 @@ class HostTensor {
   kernels::DType dtype_ = kernels::DType::kF32;
   int64_t rows_ = 0, cols_ = 0;
   std::unique_ptr<void, Free> data_;
+  std::unique_ptr<kernels::PackedBf16> packed_;
   std::vector<float> scales_;
 };
 
@@ -85,6 +97,11 @@ struct ModelWeights {
 // --quantization int8: every projection matrix and the lm_head become per-row int8 (the
 // embedding rows and norms stay as loaded; a tied lm_head gets its own int8 copy).
 void QuantizeWeightsInt8(ModelWeights* w);
+
+// Packs (pack = true) or unpacks every bf16 projection matrix and the logits matrix (for tied
+// embeddings that is the embedding itself: Embed reads its rows through RowToF32). The GEMM
+// kernels read packed weights as they are; --enable-deterministic-inference needs the plain ones.
+void PackWeightsForGemm(ModelWeights* w, bool pack);
 
 // Reads this rank's shard. weight_dtype is the storage dtype of matrices (conversion happens
 // once at load). show_progress prints a progress line on stderr for large loads.
