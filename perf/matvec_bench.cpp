@@ -1,10 +1,12 @@
-// Batch-1 matmul read rate over a whole model's weights, without the rest of a decode step: the
+// Matmul weight read rate over a whole model's weights, without the rest of a decode step: the
 // bench-1b projection shapes (TinyLlama: 22 layers, hidden 2048, FFN 5632, 4 KV heads) split for
 // one rank of TP `--tp`, each layer's stacked q/k/v, o, stacked gate/up and down matrices in
 // their own allocations, read in order as a decode step does (so every matrix comes from DRAM).
-// Reports GB/s per dtype, overall and per projection (best of --passes); compare with perf/membw
-// at the same thread count, run right before or after (this VM drifts by ±10 % within minutes).
-//   matvec_bench --threads N [--tp T] [--passes 6]   -> one JSON document on stdout
+// Reports GB/s of weights per format, overall and per projection (best of --passes); compare with
+// perf/membw at the same thread count, run right before or after (this VM drifts by ±10 % within
+// minutes). --rows N multiplies N activation rows at once (batched decode) through the engine's
+// matmul policy (the GEMM from kGemmMinRows rows on).
+//   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6]   -> one JSON document on stdout
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,11 +14,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -56,15 +60,17 @@ void Fill(void* p, size_t elems, DType dt) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 1, tp = 1, passes = 6;
+  int threads = 1, tp = 1, passes = 6, rows = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--threads") threads = std::atoi(argv[i + 1]);
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
     if (a == "--passes") passes = std::atoi(argv[i + 1]);
+    if (a == "--rows") rows = std::atoi(argv[i + 1]);
   }
-  if (threads < 1 || (tp != 1 && tp != 2 && tp != 4)) {
-    std::cerr << "matvec_bench: --threads must be >= 1 and --tp 1, 2 or 4 (bench-1b's 4 KV heads)\n";
+  if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4)) {
+    std::cerr
+        << "matvec_bench: --threads and --rows must be >= 1 and --tp 1, 2 or 4 (bench-1b's 4 KV heads)\n";
     return 2;
   }
   std::vector<int> cpus;  // pinned to CPUs 0..threads-1, as membw does
@@ -72,17 +78,24 @@ int main(int argc, char** argv) {
   tpserve::kernels::SetThreads(threads, cpus);
   constexpr int kLayers = 22;
   const std::vector<Projection> shapes = LayerShapes(tp);
-  std::vector<float> x(8192), y(16384);  // >= the widest cols and rows (gate_up at TP 1: 11264)
+  // >= the widest cols and rows (gate_up at TP 1: 11264), per activation row
+  std::vector<float> x(8192 * static_cast<size_t>(rows)), y(16384 * static_cast<size_t>(rows));
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.1f * static_cast<float>(i));
-  nlohmann::json out = {{"bench", "batch-1 matmul read rate, bench-1b shapes"},
+  nlohmann::json out = {{"bench", "matmul weight read rate, bench-1b shapes"},
+                        {"rows", rows},
                         {"threads", threads},
                         {"tp", tp},
                         {"isa", tpserve::kernels::ActiveKernels().isa},
                         {"results", nlohmann::json::array()}};
-  for (DType dt : {DType::kF32, DType::kBF16, DType::kI8}) {
+  // bf16-packed: bf16 weights packed once for the GEMM kernels (the engine's default where the
+  // CPU allows; skipped elsewhere).
+  for (const std::string format : {"f32", "bf16", "int8", "bf16-packed"}) {
+    const bool packed = format == "bf16-packed";
+    const DType dt = format == "f32" ? DType::kF32 : format == "int8" ? DType::kI8 : DType::kBF16;
     struct Matrix {
       void* w;
       size_t bytes;
+      std::unique_ptr<tpserve::kernels::PackedBf16> packed;
     };
     std::vector<Matrix> weights;
     std::vector<float> scales(16384, 0.01f);
@@ -92,8 +105,19 @@ int main(int argc, char** argv) {
         const size_t bytes = elems * tpserve::kernels::DTypeSize(dt);
         void* w = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
         Fill(w, elems, dt);
-        weights.push_back({w, bytes});
+        weights.push_back({w, bytes, nullptr});
+        if (packed) {
+          weights.back().packed =
+              tpserve::kernels::PackedBf16::Pack(static_cast<const uint16_t*>(w), s.rows, s.cols);
+          std::free(w);
+          weights.back().w = nullptr;
+          if (!weights.back().packed) break;
+        }
       }
+    }
+    if (packed && !weights.back().packed) {
+      std::cerr << "matvec_bench: bf16 weights are not packed on this CPU; skipping bf16-packed\n";
+      continue;
     }
     std::vector<double> best_per(shapes.size(), 1e30);
     double best = 1e30;
@@ -105,16 +129,20 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < weights.size(); ++i) {
         const Projection& s = shapes[i % shapes.size()];
         const auto a = std::chrono::steady_clock::now();
-        tpserve::kernels::MatmulNT(x.data(), 1, weights[i].w, dt, s.rows, s.cols, y.data(), scales.data());
+        if (packed) {
+          tpserve::kernels::MatmulPacked(x.data(), rows, *weights[i].packed, y.data());
+        } else {
+          tpserve::kernels::Matmul(x.data(), rows, weights[i].w, dt, s.rows, s.cols, y.data(), scales.data(),
+                                   /*batch_invariant=*/false);
+        }
         per[i % shapes.size()] += std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
       }
       const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       best = std::min(best, t);
       for (size_t j = 0; j < shapes.size(); ++j) best_per[j] = std::min(best_per[j], per[j]);
     }
-    nlohmann::json r = {{"dtype", tpserve::kernels::DTypeName(dt)},
-                        {"bytes", total},
-                        {"gb_per_s", static_cast<double>(total) / best / 1e9}};
+    nlohmann::json r = {
+        {"dtype", format}, {"bytes", total}, {"gb_per_s", static_cast<double>(total) / best / 1e9}};
     for (size_t j = 0; j < shapes.size(); ++j) {
       r["per_projection_gb_per_s"][shapes[j].name] =
           static_cast<double>(weights[j].bytes) * kLayers / best_per[j] / 1e9;
