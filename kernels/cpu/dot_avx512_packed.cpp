@@ -9,24 +9,26 @@ namespace tpserve::kernels {
 namespace {
 
 // How far ahead each weight stream is prefetched (the hardware prefetcher stops at every 4 KB
-// page), and how many streams a row count reads side by side: more for fewer rows, up to the 16
-// accumulators that stay in registers (perf/matvec_bench; 1 row: ~1.3x the rate of one stream).
+// page), and how many streams a call reads side by side (perf/matvec_bench on this VM: one
+// stream reads ~13 GB/s per core, 4-8 with prefetch ~20, as perf/membw's four-stream probe).
 constexpr int kPrefetchBytes = 2048;
+#ifndef S1
+#define S1 8
+#define S2 4
+#define S4 2
+#endif
 
-// R activation rows against one block: R x 64 f32 sums, one pass over the block. The block's
-// pairs are read as S equal segments side by side (S weight streams in flight, as the plain
-// kernels read several rows at once: one stream alone does not keep enough cache misses
-// outstanding), each with its own accumulators, added at the end.
+// R activation rows against one block: R x 64 f32 sums in registers, one pass over the block.
+// The block's pairs are read as S equal segments side by side (S weight streams in flight: one
+// stream alone does not keep enough cache misses outstanding), all adding into the same sums.
 template <int R, int S>
 void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
-  __m512 acc[S][R][4];
-  for (int g = 0; g < S; ++g) {
-    for (int r = 0; r < R; ++r) {
-      for (int j = 0; j < 4; ++j) acc[g][r][j] = _mm512_setzero_ps();
-    }
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
   }
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  auto step = [&](int g, int p) {
+  auto step = [&](int p) {
     const uint16_t* w = block + static_cast<size_t>(p) * 2 * kPackedRows;  // 256 bytes per pair
     for (int j = 0; j < 4; ++j)
       _mm_prefetch(reinterpret_cast<const char*>(w) + kPrefetchBytes + 64 * j, _MM_HINT_T0);
@@ -40,24 +42,22 @@ void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ld
       const float* xr = x + static_cast<size_t>(r) * kpad + 2 * p;
       const __m512 x0 = _mm512_set1_ps(xr[0]), x1 = _mm512_set1_ps(xr[1]);
       for (int j = 0; j < 4; ++j)
-        acc[g][r][j] = _mm512_fmadd_ps(x1, odd[j], _mm512_fmadd_ps(x0, even[j], acc[g][r][j]));
+        acc[r][j] = _mm512_fmadd_ps(x1, odd[j], _mm512_fmadd_ps(x0, even[j], acc[r][j]));
     }
   };
   const int pairs = kpad / 2, seg = pairs / S;
   for (int p = 0; p < seg; ++p) {
-    for (int g = 0; g < S; ++g) step(g, g * seg + p);
+    for (int g = 0; g < S; ++g) step(g * seg + p);
   }
-  for (int p = S * seg; p < pairs; ++p) step(S - 1, p);
+  for (int p = S * seg; p < pairs; ++p) step(p);
   for (int r = 0; r < R; ++r) {
     float* yr = y + static_cast<size_t>(r) * ldy;
     for (int j = 0; j < 4; ++j) {
       const int left = cols - 16 * j;
       if (left <= 0) break;
-      __m512 sum = acc[0][r][j];
-      for (int g = 1; g < S; ++g) sum = _mm512_add_ps(sum, acc[g][r][j]);
       const __mmask16 m =
           left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
-      _mm512_mask_storeu_ps(yr + 16 * j, m, sum);
+      _mm512_mask_storeu_ps(yr + 16 * j, m, acc[r][j]);
     }
   }
 }
@@ -67,18 +67,18 @@ void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ld
 void PackedBf16Avx512(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
   int r = 0;
   for (; r + 4 <= n; r += 4) {
-    BlockRows<4, 1>(x + static_cast<size_t>(r) * kpad, kpad, block, y + static_cast<size_t>(r) * ldy, ldy,
+    BlockRows<4, 4>(x + static_cast<size_t>(r) * kpad, kpad, block, y + static_cast<size_t>(r) * ldy, ldy,
                     cols);
   }
   const float* xr = x + static_cast<size_t>(r) * kpad;
   float* yr = y + static_cast<size_t>(r) * ldy;
   switch (n - r) {
     case 3:
-      return BlockRows<3, 1>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<3, 4>(xr, kpad, block, yr, ldy, cols);
     case 2:
-      return BlockRows<2, 2>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<2, 4>(xr, kpad, block, yr, ldy, cols);
     case 1:
-      return BlockRows<1, 4>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<1, 8>(xr, kpad, block, yr, ldy, cols);
     default:
       return;
   }
