@@ -319,6 +319,33 @@ INSTANTIATE_TEST_SUITE_P(Archs, TpForward,
                                   (info.param.llama3_rope_scaling ? "_llama3rope" : "");
                          });
 
+// Teacher-forced over `steps` decode steps after an 8-token prefill, against the float64
+// reference of the checkpoint in dir: the worst logits error (of max |logit|) and on how many
+// steps the greedy choice agrees (meaningful on rank 0).
+struct CloseToReference {
+  double worst = 0;
+  int agree = 0;
+};
+CloseToReference TeacherForcedAgainstReference(LlamaModel& model, Communicator& world, const std::string& dir,
+                                               int steps) {
+  std::unique_ptr<ReferenceLlama> ref;
+  if (world.rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
+  const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};
+  KvCachePool pool(model.config(), model.weights().shard, 16, /*block_size=*/4);
+  SequenceKv seq;
+  CloseToReference out;
+  EXPECT_TRUE(pool.Allocate(10, &seq.blocks));
+  TeacherForce(
+      model, world, ref.get(), pool, seq, prompt, steps,
+      [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
+        if (!ref) return;
+        out.worst = std::max(out.worst, RelError(got, want));
+        out.agree += std::max_element(got.begin(), got.end()) - got.begin() ==
+                     std::max_element(want.begin(), want.end()) - want.begin();
+      });
+  return out;
+}
+
 // --quantization int8 against the float64 reference of the unquantized f32 model, teacher-forced
 // over 24 decode steps: the logits error the weight-only int8 format costs (reported), bounded,
 // and the greedy choice agreeing with the reference on nearly every step.
@@ -332,24 +359,11 @@ TEST(Int8, LogitsStayCloseToTheFloat64Reference) {
     ASSERT_TRUE(model_or.ok()) << model_or.status().message();
     LlamaModel& model = *model_or.value();
     ASSERT_EQ(model.weights().layers[0].qkv.dtype(), kernels::DType::kI8);
-    std::unique_ptr<ReferenceLlama> ref;
-    if (world->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
-    const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};
-    KvCachePool pool(model.config(), model.weights().shard, 16, /*block_size=*/4);
-    SequenceKv seq;
-    ASSERT_TRUE(pool.Allocate(10, &seq.blocks));
-    double worst = 0;
-    int agree = 0;
     const int steps = 24;
-    TeacherForce(
-        model, *world, ref.get(), pool, seq, prompt, steps,
-        [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
-          if (!ref) return;
-          worst = std::max(worst, RelError(got, want));
-          agree += std::max_element(got.begin(), got.end()) - got.begin() ==
-                   std::max_element(want.begin(), want.end()) - want.begin();
-        });
-    if (ref) {
+    const CloseToReference c = TeacherForcedAgainstReference(model, *world, dir, steps);
+    const double worst = c.worst;
+    const int agree = c.agree;
+    if (world->rank() == 0) {
       std::printf("int8 (%s): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
                   tied ? "tied" : "untied", worst, agree, steps);
       RecordProperty(tied ? "int8_tied_worst_rel_error" : "int8_worst_rel_error",
@@ -385,24 +399,11 @@ TEST(PackedBf16, LogitsStayCloseToTheFloat64Reference) {
       for (const HostTensor* t : {&L.qkv, &L.o, &L.gate_up, &L.down}) ASSERT_NE(t->packed(), nullptr);
     }
     ASSERT_NE(w.logits_weight().packed(), nullptr);
-    std::unique_ptr<ReferenceLlama> ref;
-    if (world->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
-    const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};
-    KvCachePool pool(model.config(), w.shard, 16, /*block_size=*/4);
-    SequenceKv seq;
-    ASSERT_TRUE(pool.Allocate(10, &seq.blocks));
-    double worst = 0;
-    int agree = 0;
     const int steps = 24;
-    TeacherForce(
-        model, *world, ref.get(), pool, seq, prompt, steps,
-        [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
-          if (!ref) return;
-          worst = std::max(worst, RelError(got, want));
-          agree += std::max_element(got.begin(), got.end()) - got.begin() ==
-                   std::max_element(want.begin(), want.end()) - want.begin();
-        });
-    if (ref) {
+    const CloseToReference c = TeacherForcedAgainstReference(model, *world, dir, steps);
+    const double worst = c.worst;
+    const int agree = c.agree;
+    if (world->rank() == 0) {
       std::printf("packed bf16 (%s): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
                   tied ? "tied" : "untied", worst, agree, steps);
       RecordProperty(tied ? "packed_bf16_tied_worst_rel_error" : "packed_bf16_worst_rel_error",
