@@ -12,11 +12,6 @@ namespace {
 // page), and how many streams a call reads side by side (perf/matvec_bench on this VM: one
 // stream reads ~13 GB/s per core, 4-8 with prefetch ~20, as perf/membw's four-stream probe).
 constexpr int kPrefetchBytes = 2048;
-#ifndef S1
-#define S1 8
-#define S2 4
-#define S4 2
-#endif
 
 // R activation rows against one block: R x 64 f32 sums in registers, one pass over the block.
 // The block's pairs are read as S equal segments side by side (S weight streams in flight: one

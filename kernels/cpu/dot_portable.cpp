@@ -49,7 +49,7 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
     for (int j = 0; j < cols; ++j) {
       float acc = 0.0f;
       for (int c = 0; c < kpad; ++c) {
-        acc += xr[c] * Bf16ToF32(block[(static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2]);
+        acc += xr[c] * Bf16ToF32(block[PackedIndex(j, c)]);
       }
       y[static_cast<size_t>(r) * ldy + j] = acc;
     }

@@ -245,13 +245,12 @@ std::unique_ptr<PackedBf16> PackedBf16::Pack(const uint16_t* w, int m, int k) {
         for (int j = 0; j < rows; ++j) {
           const uint16_t* in = first + static_cast<size_t>(j) * k + c0;
           for (int q = 0; q < pairs; ++q) {
-            std::memcpy(dst + (static_cast<size_t>(c0 / 2 + q) * kPackedRows + j) * 2, in + 2 * q, 4);
+            std::memcpy(dst + PackedIndex(j, c0 + 2 * q), in + 2 * q, 4);  // one pair
           }
         }
       }
       if (k % 2 != 0) {  // the last input alone in its pair (the other half stays zero)
-        uint16_t* out = dst + static_cast<size_t>(k / 2) * kPackedRows * 2;
-        for (int j = 0; j < rows; ++j) out[2 * j] = first[static_cast<size_t>(j) * k + k - 1];
+        for (int j = 0; j < rows; ++j) dst[PackedIndex(j, k - 1)] = first[static_cast<size_t>(j) * k + k - 1];
       }
     }
   });
@@ -261,7 +260,7 @@ std::unique_ptr<PackedBf16> PackedBf16::Pack(const uint16_t* w, int m, int k) {
 void PackedBf16::UnpackRow(int o, uint16_t* row) const {
   const uint16_t* src = block(o / kPackedRows);
   const int j = o % kPackedRows;
-  for (int c = 0; c < k_; ++c) row[c] = src[(static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2];
+  for (int c = 0; c < k_; ++c) row[c] = src[PackedIndex(j, c)];
 }
 
 void PackedBf16::Unpack(uint16_t* w) const {

@@ -49,6 +49,10 @@ using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, 
 // A block is one contiguous stream of kpad * 64 values, read front to back by the kernels below.
 inline constexpr int kPackedRows = 64;
 inline constexpr int kPackedKAlign = 32;
+// Where w(o, c) sits inside its block (o % kPackedRows = j): the formula above.
+inline size_t PackedIndex(int j, int c) {
+  return (static_cast<size_t>(c / 2) * kPackedRows + j) * 2 + c % 2;
+}
 // y[r * ldy + j] = sum_c x(r, c) * w(j, c) for r < n, j < cols (<= 64), over one packed block:
 // the few-row products (batch-1 decode). x: n rows of kpad f32 (zero-padded), row stride kpad;
 // the weights are widened to f32 in registers, as the plain kernels do, so decode keeps f32
