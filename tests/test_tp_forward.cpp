@@ -321,13 +321,15 @@ INSTANTIATE_TEST_SUITE_P(Archs, TpForward,
 
 // Teacher-forced over `steps` decode steps after an 8-token prefill, against the float64
 // reference of the checkpoint in dir: the worst logits error (of max |logit|) and on how many
-// steps the greedy choice agrees (meaningful on rank 0).
+// steps the greedy choice agrees (meaningful on rank 0, which prints both as `label` and records
+// the error as the test property `property`).
 struct CloseToReference {
   double worst = 0;
   int agree = 0;
 };
 CloseToReference TeacherForcedAgainstReference(LlamaModel& model, Communicator& world, const std::string& dir,
-                                               int steps) {
+                                               int steps, const std::string& label,
+                                               const std::string& property) {
   std::unique_ptr<ReferenceLlama> ref;
   if (world.rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
   const std::vector<int32_t> prompt = {1, 17, 933, 250, 4, 999, 3, 512};
@@ -343,6 +345,11 @@ CloseToReference TeacherForcedAgainstReference(LlamaModel& model, Communicator& 
         out.agree += std::max_element(got.begin(), got.end()) - got.begin() ==
                      std::max_element(want.begin(), want.end()) - want.begin();
       });
+  if (ref) {
+    std::printf("%s: worst logits error %.3g of max |logit|, greedy agreement %d/%d\n", label.c_str(),
+                out.worst, out.agree, steps);
+    ::testing::Test::RecordProperty(property, fmt::format("{:.3g}", out.worst));
+  }
   return out;
 }
 
@@ -360,17 +367,13 @@ TEST(Int8, LogitsStayCloseToTheFloat64Reference) {
     LlamaModel& model = *model_or.value();
     ASSERT_EQ(model.weights().layers[0].qkv.dtype(), kernels::DType::kI8);
     const int steps = 24;
-    const CloseToReference c = TeacherForcedAgainstReference(model, *world, dir, steps);
-    const double worst = c.worst;
-    const int agree = c.agree;
+    const CloseToReference c =
+        TeacherForcedAgainstReference(model, *world, dir, steps, tied ? "int8 (tied)" : "int8 (untied)",
+                                      tied ? "int8_tied_worst_rel_error" : "int8_worst_rel_error");
     if (world->rank() == 0) {
-      std::printf("int8 (%s): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
-                  tied ? "tied" : "untied", worst, agree, steps);
-      RecordProperty(tied ? "int8_tied_worst_rel_error" : "int8_worst_rel_error",
-                     fmt::format("{:.3g}", worst));
-      EXPECT_LE(worst, 0.03);
+      EXPECT_LE(c.worst, 0.03);
       // Random weights give near-flat logits (small top-1 margins), so a few flips are expected.
-      EXPECT_GE(agree, steps * 3 / 4);
+      EXPECT_GE(c.agree, steps * 3 / 4);
     }
     if (world->rank() == 0) std::filesystem::remove_all(dir);
   }
@@ -400,16 +403,12 @@ TEST(PackedBf16, LogitsStayCloseToTheFloat64Reference) {
     }
     ASSERT_NE(w.logits_weight().packed(), nullptr);
     const int steps = 24;
-    const CloseToReference c = TeacherForcedAgainstReference(model, *world, dir, steps);
-    const double worst = c.worst;
-    const int agree = c.agree;
+    const CloseToReference c = TeacherForcedAgainstReference(
+        model, *world, dir, steps, tied ? "packed bf16 (tied)" : "packed bf16 (untied)",
+        tied ? "packed_bf16_tied_worst_rel_error" : "packed_bf16_worst_rel_error");
     if (world->rank() == 0) {
-      std::printf("packed bf16 (%s): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
-                  tied ? "tied" : "untied", worst, agree, steps);
-      RecordProperty(tied ? "packed_bf16_tied_worst_rel_error" : "packed_bf16_worst_rel_error",
-                     fmt::format("{:.3g}", worst));
-      EXPECT_LE(worst, 0.01);
-      EXPECT_GE(agree, steps * 3 / 4);
+      EXPECT_LE(c.worst, 0.01);
+      EXPECT_GE(c.agree, steps * 3 / 4);
     }
     // Deterministic mode unpacks them, bit for bit, and packing again restores the packed form.
     model.SetDeterministic(true);
