@@ -34,29 +34,29 @@ s2=$("${MPIRUN[@]}" -np 2 "$BIN/tpserve" run --model-path "$WORK/tiny" --prompt-
 [ "$(echo "$s1" | tr ',' '\n' | grep -c .)" = 32 ] && [ "$s1" = "$s2" ] && pass "seeded sampling equal at TP 1 and 2" || fail "seeded sampling: $s1 vs $s2"
 
 SHARED="${TPSERVE_SHARED:-$(cd "$(dirname "$0")/../../.." && pwd)/shared}"
-if [ -d "$SHARED/models/stories260K" ]; then
+# stories_identical LABEL "TP SIZES" [RUN ARGS...]: 199 greedy tokens of stories260K at each TP size
+# must equal the first size's; leaves them in $first.
+stories_identical() {
+  local label="$1" sizes="$2" got n
+  shift 2
   first=""
-  for tp in 1 2 4 8; do
-    got=$("${MPIRUN[@]}" -np $tp "$BIN/tpserve" run --model-path "$SHARED/models/stories260K" --prompt-ids 1 \
+  for tp in $sizes; do
+    got=$("${MPIRUN[@]}" -np $tp "$BIN/tpserve" run --model-path "$SHARED/models/stories260K" "$@" --prompt-ids 1 \
           --max-new-tokens 199 --ignore-eos --json 2>/dev/null | ids_of)
     n=$(echo "$got" | tr ',' '\n' | grep -c .)
-    [ "$n" = 199 ] || fail "stories TP $tp produced $n tokens"
+    [ "$n" = 199 ] || fail "$label TP $tp produced $n tokens"
     [ -z "$first" ] && first="$got"
-    [ "$got" = "$first" ] && pass "stories260K TP $tp: 199 tokens identical to TP 1" || fail "stories TP $tp differs"
+    [ "$got" = "$first" ] && pass "$label TP $tp: 199 tokens identical to the first TP size" \
+      || fail "$label TP $tp differs: $got vs $first"
   done
-  # bf16 weights (packed for the GEMM kernels where the CPU allows, bf16 activations): the tokens
-  # may differ from f32's, but not between TP sizes.
-  first_bf16=""
-  for tp in 1 2 4; do
-    got=$("${MPIRUN[@]}" -np $tp "$BIN/tpserve" run --model-path "$SHARED/models/stories260K" --dtype bf16 \
-          --prompt-ids 1 --max-new-tokens 199 --ignore-eos --json 2>/dev/null | ids_of)
-    n=$(echo "$got" | tr ',' '\n' | grep -c .)
-    [ "$n" = 199 ] || fail "stories bf16 TP $tp produced $n tokens"
-    [ -z "$first_bf16" ] && first_bf16="$got"
-    [ "$got" = "$first_bf16" ] && pass "stories260K bf16 TP $tp: 199 tokens identical to TP 1" \
-      || fail "stories bf16 TP $tp differs: $got vs $first_bf16"
-  done
-  same=$(python3 -c 'import sys; a=sys.argv[1].split(", "); b=sys.argv[2].split(", "); print(next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), len(a)))' "$first_bf16" "$first")
+}
+if [ -d "$SHARED/models/stories260K" ]; then
+  stories_identical "stories260K" "1 2 4 8"
+  f32_ids="$first"
+  # bf16 weights (packed for the GEMM kernels where the CPU allows; a prefill GEMM rounds activations
+  # to bf16): the tokens may differ from f32's, but not between TP sizes.
+  stories_identical "stories260K bf16" "1 2 4" --dtype bf16
+  same=$(python3 -c 'import sys; a=sys.argv[1].split(", "); b=sys.argv[2].split(", "); print(next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), len(a)))' "$first" "$f32_ids")
   echo "note: stories260K bf16 greedy equals f32 for the first $same of 199 tokens"
 else
   echo "skip: $SHARED/models/stories260K not found (set TPSERVE_SHARED)"
