@@ -199,7 +199,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 
 // int8 MatmulNT: the same bits for every ISA, batch size and thread count.
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  // 53 rows: at 2 threads the second thread's 21 rows are two groups of kRowsI8 and a remainder.
+  // 53 rows: at 1 thread kRowsI8 runs of 6 rows each and a remainder of 5; shorter runs at 2.
   const int m = 53, k = 203;
   const std::vector<float> x = Random(9 * k, 41, 2.0f);
   Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);

@@ -65,14 +65,18 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   ParallelFor(m, 16, [&](int o_begin, int o_end) {
     int o = o_begin;
     if (kt.rows_i8 != nullptr) {
-      for (; o + kRowsI8 <= o_end; o += kRowsI8) {
-        const int8_t* rows = w + static_cast<size_t>(o) * k;
+      // kRowsI8 streams, each over its own run of `run` consecutive rows (see RowsI8Fn).
+      const int run = (o_end - o_begin) / kRowsI8;
+      const size_t stride = static_cast<size_t>(run) * k;
+      for (int r = 0; r < run; ++r) {
+        const int8_t* rows = w + static_cast<size_t>(o_begin + r) * k;
         for (int t = 0; t < n; ++t) {
           int64_t out[kRowsI8];
-          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, k, k, out);
-          for (int j = 0; j < kRowsI8; ++j) store(t, o + j, out[j]);
+          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, stride, k, out);
+          for (int j = 0; j < kRowsI8; ++j) store(t, o_begin + r + j * run, out[j]);
         }
       }
+      o = o_begin + run * kRowsI8;
     }
     for (; o < o_end; ++o) {
       for (int t = 0; t < n; ++t)
