@@ -181,9 +181,44 @@ TEST(PackedBf16, BlockKernelOfEveryIsaMatchesReference) {
   }
 }
 
+// The AMX block kernel (batched decode) over the same blocks, with bf16 activations: row counts
+// on both sides of its 16-row tiles, partial tiles of k, fewer than 64 valid output rows.
+TEST(PackedBf16, AmxBlockKernelMatchesReference) {
+  if (!AmxBf16Usable()) GTEST_SKIP() << "this CPU (or kernel) offers no AMX-BF16: batched decode uses oneDNN";
+  for (int k : {1, 31, 33, 100, 200}) {
+    const int kpad = (k + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign;
+    for (int cols : {1, 17, 64}) {
+      const std::vector<float> wf = Random(static_cast<size_t>(cols) * k, k + cols);
+      const std::vector<uint16_t> block = PackByDefinition(ToBf16(wf), cols, k, kpad);
+      for (int n : {1, 8, 15, 16, 17, 33, 64}) {
+        const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
+        const AmxTileActivations xb(x.data(), n, k, kpad);
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(xb.data()) % 64, 0u);
+        ASSERT_EQ(xb.size(), static_cast<size_t>((n + 15) / 16 * 16) * kpad);
+        // The tile order, from its definition: row t, input c at group t / 16, tile c / 32.
+        for (int t = 0; t < n; ++t) {
+          for (int c = 0; c < kpad; ++c) {
+            const size_t at = (static_cast<size_t>(t / 16) * kpad + c / 32 * 32) * 16 + t % 16 * 32 + c % 32;
+            const uint16_t want = c < k ? ToBf16({x[static_cast<size_t>(t) * k + c]})[0] : 0;
+            ASSERT_EQ(xb.data()[at], want) << "tile order, row " << t << " input " << c;
+          }
+        }
+        const int ldy = 70;
+        std::vector<float> y(static_cast<size_t>(n) * ldy, -7.0f);
+        PackedBf16Amx(xb.data(), n, kpad, block.data(), y.data(), ldy, cols);
+        ExpectBf16Product(x, /*x_bf16=*/true, wf, n, cols, k, y.data(), ldy, "amx n=" + std::to_string(n));
+        for (int t = 0; t < n; ++t) {
+          for (int o = cols; o < ldy; ++o) ASSERT_EQ(y[static_cast<size_t>(t) * ldy + o], -7.0f) << "amx";
+        }
+      }
+    }
+  }
+}
+
 // Pack writes exactly the defined layout (zero padding included) and Unpack restores the matrix
-// bit for bit; MatmulPacked, through oneDNN (8 rows and more) and through the block kernel (fewer),
-// then computes the right product, which shows that oneDNN reads the layout as defined. Shapes
+// bit for bit; MatmulPacked, through the block kernel (fewer than 8 rows), the AMX kernel (up to
+// kAmxMaxRows, where the CPU has AMX) and oneDNN (beyond), then computes the right product, which
+// shows that oneDNN reads the layout as defined. Shapes
 // cover partial blocks and, at k = 2100, several ~1 MB slices per thread.
 TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
   if (!PackedBf16::Pack(std::vector<uint16_t>(64 * 64).data(), 64, 64)) {
@@ -212,7 +247,7 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
       std::vector<uint16_t> row(c.k);
       packed->UnpackRow(c.m - 1, row.data());
       ASSERT_EQ(std::memcmp(row.data(), &wb[static_cast<size_t>(c.m - 1) * c.k], c.k * sizeof(uint16_t)), 0);
-      for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33}) {
+      for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, kAmxMaxRows + 1}) {
         const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
         std::vector<float> y(static_cast<size_t>(n) * c.m);
         MatmulPacked(x.data(), n, *packed, y.data());

@@ -270,7 +270,17 @@ void PackedBf16::Unpack(uint16_t* w) const {
 }
 
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
-  const int m = w.rows(), k = w.cols();
+  const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
+  if (n >= kGemmMinRows && n <= kAmxMaxRows && AmxBf16Usable()) {
+    const AmxTileActivations xb(x, n, k, kpad);
+    ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
+      for (int b = b0; b < b1; ++b) {
+        const int o0 = b * kPackedRows;
+        PackedBf16Amx(xb.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
+      }
+    });
+    return;
+  }
   if (n >= kGemmMinRows) {
     const std::vector<uint16_t> xb = ToBf16Rows(x, n, k, k);
     ForWeightSlices(m, k, sizeof(uint16_t), [&](int o0, int o1) {
@@ -280,7 +290,6 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     });
     return;
   }
-  const int kpad = w.padded_cols();
   std::vector<float> xp(static_cast<size_t>(n) * kpad, 0.0f);  // rows zero-padded to kpad
   for (int t = 0; t < n; ++t)
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,

@@ -68,8 +68,13 @@ class PackedBf16 {
   std::unique_ptr<uint16_t, Free> data_;
 };
 
-// y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): oneDNN for kGemmMinRows rows or more,
-// PackedBf16Fn below that. Threads of the kernel pool split the blocks.
+// Batched decode up to this many rows runs PackedBf16Amx where the CPU has AMX: oneDNN 2.6's AMX
+// kernel streams the weights at about half the rate for these shapes (perf/matvec_bench --rows).
+inline constexpr int kAmxMaxRows = 64;
+
+// y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): PackedBf16Fn below kGemmMinRows rows;
+// PackedBf16Amx up to kAmxMaxRows where AmxBf16Usable(); oneDNN otherwise. Threads of the kernel
+// pool split the blocks. From kGemmMinRows rows on, activations are rounded to bf16.
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
 
 inline constexpr int kAttentionTileRows = 64;

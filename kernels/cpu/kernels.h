@@ -64,6 +64,29 @@ using PackedBf16Fn = void (*)(const float* x, int n, int kpad, const uint16_t* b
                               int cols);
 void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
 
+// The same block product on AMX-BF16 tiles, for batched decode (a few to a few dozen rows, where
+// the AVX-512 FMAs cannot keep up with the weight stream), with bf16 activations and f32 sums.
+// Only where AmxBf16Usable(): the CPU has AMX-BF16 and Linux granted this process the tile state
+// (the first call asks for it). x comes from AmxTileActivations: activation rows in groups of
+// kAmxTileRows, each group as kpad / 32 dense tiles of kAmxTileRows x 32 bf16 (zeros past n and
+// k), 64-byte aligned. Dense tiles, because a tile loaded from rows at a 4 KB stride (k = 2048)
+// puts all 16 lines in one L1 set, more than its ways; aligned, because a tile row that straddles
+// two cache lines made every tile load ~6x slower (perf/peak_flops: ~3 ns aligned).
+inline constexpr int kAmxTileRows = 16;
+bool AmxBf16Usable();
+class AmxTileActivations {
+ public:
+  AmxTileActivations(const float* x, int n, int k, int kpad);
+  const uint16_t* data() const { return data_; }
+  size_t size() const { return size_; }  // elements
+
+ private:
+  std::vector<uint16_t> storage_;  // size_ elements from a 64-byte boundary on
+  uint16_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
+
 struct CpuKernelTable {
   const char* isa = "portable";
   DotFn dot[kNumDTypes] = {};      // indexed by DType (float dtypes)

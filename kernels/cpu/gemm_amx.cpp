@@ -1,0 +1,171 @@
+// The packed bf16 block product on AMX-BF16 tiles (kernels.h: PackedBf16Amx). The packed layout
+// is the AMX B-operand layout: one pair row of a block (256 bytes) holds 64 output rows x 2
+// inputs, so a 16-pair x 16-output tile is 16 loads of 64 bytes at a 256-byte stride.
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cpuid.h>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/dtype.h"
+#include "cpu/kernels.h"
+
+namespace tpserve::kernels {
+namespace {
+
+// Linux hands out the 8 KB tile state only to processes that ask for it (arch_prctl).
+constexpr int kArchReqXcompPerm = 0x1023;
+constexpr int kXfeatureXtiledata = 18;
+
+bool ProbeAmx() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+  if (!amx_bf16 || !amx_tile) return false;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles: 0-3 the four 16-column sums of the block (rows x 16 f32), 4 the activations (rows x 32
+// bf16), 5 and 6 the weights (16 pairs x 16 columns).
+void ConfigureTiles(int rows) {
+  TileConfig cfg;
+  for (int t = 0; t < 5; ++t) cfg.rows[t] = static_cast<uint8_t>(rows), cfg.colsb[t] = 64;
+  for (int t = 5; t < 7; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+}
+
+// How far ahead the weights are prefetched: the hardware prefetcher stops at every 4 KB page,
+// and one 32-input step reads exactly 4 KB of a block.
+constexpr int kPrefetchSteps = 2;
+constexpr int kStepBytes = 16 * 2 * kPackedRows * 2;  // 16 pairs of 64 rows, bf16
+
+// rows (<= 16) activation rows, as one group of AmxTileActivations, x one block: sums into c
+// (rows x 64 f32, dense). Each 32-input step loads the activation tile and the four weight tiles
+// (two tile registers in turn) for the four products. Single-threaded on the 2-core VM, at 16
+// rows and k = 2048, it read 14-16 GB/s of weights from memory (perf/membw: ~17 per core) and
+// 23-44 GB/s from L2. Tile numbers are immediates in the intrinsics, hence the spelled-out code.
+void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c) {
+  ConfigureTiles(rows);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int kk = 0; kk < kpad; kk += 32) {
+    const uint16_t* w = block + static_cast<size_t>(kk / 2) * 2 * kPackedRows;  // pairs kk / 2 ..
+    const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchSteps * kStepBytes;
+    for (int l = 0; l < kStepBytes; l += 64) _mm_prefetch(ahead + l, _MM_HINT_T1);
+    _tile_loadd(4, x + static_cast<size_t>(kk) * kAmxTileRows, 64);
+    _tile_loadd(5, w, 256);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, w + 32, 256);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(5, w + 64, 256);
+    _tile_dpbf16ps(2, 4, 5);
+    _tile_loadd(6, w + 96, 256);
+    _tile_dpbf16ps(3, 4, 6);
+  }
+  _tile_stored(0, c, 256);
+  _tile_stored(1, c + 16, 256);
+  _tile_stored(2, c + 32, 256);
+  _tile_stored(3, c + 48, 256);
+  _tile_release();
+}
+
+// 17 to 32 activation rows (two groups of AmxTileActivations) x one block, in two passes over
+// halves of the block's columns: tiles 0-3 the sums of group g and column tile j (2g + j), 4 and
+// 5 the two groups' activations, 6 and 7 the half's two weight tiles. Each weight tile then
+// serves both groups, and each pass reads its own half of every 256-byte pair row, so the block
+// comes from memory once (the 16-row kernel, run twice, would read it twice).
+void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c) {
+  const int rows1 = rows - kAmxTileRows;
+  TileConfig cfg;
+  for (int t : {0, 1, 4}) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
+  for (int t : {2, 3, 5}) cfg.rows[t] = static_cast<uint8_t>(rows1), cfg.colsb[t] = 64;
+  for (int t : {6, 7}) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+  _tile_loadconfig(&cfg);
+  const uint16_t* x1 = x + static_cast<size_t>(kAmxTileRows) * kpad;
+  for (int half = 0; half < 2; ++half) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int kk = 0; kk < kpad; kk += 32) {
+      const uint16_t* w = block + static_cast<size_t>(kk / 2) * 2 * kPackedRows + 64 * half;
+      const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchSteps * kStepBytes;
+      for (int l = 0; l < kStepBytes; l += 256) {
+        _mm_prefetch(ahead + l, _MM_HINT_T1);
+        _mm_prefetch(ahead + l + 64, _MM_HINT_T1);
+      }
+      _tile_loadd(4, x + static_cast<size_t>(kk) * kAmxTileRows, 64);
+      _tile_loadd(5, x1 + static_cast<size_t>(kk) * kAmxTileRows, 64);
+      _tile_loadd(6, w, 256);
+      _tile_loadd(7, w + 32, 256);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    float* out = c + 32 * half;
+    _tile_stored(0, out, 256);
+    _tile_stored(1, out + 16, 256);
+    _tile_stored(2, out + kAmxTileRows * kPackedRows, 256);
+    _tile_stored(3, out + kAmxTileRows * kPackedRows + 16, 256);
+  }
+  _tile_release();
+}
+
+}  // namespace
+
+bool AmxBf16Usable() {
+  static const bool usable = [] {
+    const char* off = std::getenv("TPSERVE_AMX");  // TPSERVE_AMX=0: oneDNN instead (A/B benchmarks)
+    return !(off != nullptr && std::string(off) == "0") && ProbeAmx();
+  }();
+  return usable;
+}
+
+AmxTileActivations::AmxTileActivations(const float* x, int n, int k, int kpad) {
+  const int groups = (n + kAmxTileRows - 1) / kAmxTileRows;
+  size_ = static_cast<size_t>(groups) * kAmxTileRows * kpad;
+  storage_.assign(size_ + 32, 0);  // 32 elements of slack: room to start on a 64-byte boundary
+  const auto addr = reinterpret_cast<uintptr_t>(storage_.data());
+  data_ = storage_.data() + ((64 - addr % 64) % 64) / sizeof(uint16_t);
+  std::vector<uint16_t> row(kpad, 0);
+  for (int t = 0; t < n; ++t) {
+    ConvertDType(x + static_cast<size_t>(t) * k, DType::kF32, row.data(), DType::kBF16, k);
+    uint16_t* group = data_ + static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad;
+    for (int kk = 0; kk < kpad; kk += 32) {
+      std::memcpy(group + static_cast<size_t>(kk) * kAmxTileRows + (t % kAmxTileRows) * 32, &row[kk], 64);
+    }
+  }
+}
+
+void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
+  alignas(64) float c[2 * kAmxTileRows * kPackedRows];
+  for (int r0 = 0; r0 < n; r0 += 2 * kAmxTileRows) {
+    const int rows = n - r0 < 2 * kAmxTileRows ? n - r0 : 2 * kAmxTileRows;
+    const uint16_t* xg = x + static_cast<size_t>(r0) * kpad;
+    if (rows > kAmxTileRows) {
+      BlockRows32(xg, rows, kpad, block, c);
+    } else {
+      BlockRows(xg, rows, kpad, block, c);
+    }
+    for (int r = 0; r < rows; ++r)
+      std::memcpy(y + static_cast<size_t>(r0 + r) * ldy, c + r * kPackedRows, cols * sizeof(float));
+  }
+}
+
+}  // namespace tpserve::kernels
