@@ -3,8 +3,6 @@
 // vfmadd231ps) and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident tiles).
 //   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops"}
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -15,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
 namespace {
@@ -31,13 +30,6 @@ __attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
   __m512 s = a[0];
   for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, a[j]);
   return _mm512_reduce_add_ps(s);
-}
-
-// AMX needs the kernel's permission for the tile state (Linux 5.16+).
-bool AmxUsable() {
-  if (!__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("amx-tile")) return false;
-  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
 struct alignas(64) TileConfig {
@@ -106,8 +98,7 @@ int main(int argc, char** argv) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out["avx512_fma_f32_gflops"] = threads * (kIters / 4) * 12.0 * 16 * 2 / s / 1e9;
   }
-  // Each thread asks for the AMX permission (it is per process, but cheap to repeat).
-  if (AmxUsable()) {
+  if (tpserve::kernels::AmxBf16Usable()) {  // asks Linux for the tile state (once per process)
     const int64_t iters = kIters / 20;
     const auto t0 = std::chrono::steady_clock::now();
     tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { AmxLoop(iters); });
@@ -115,7 +106,7 @@ int main(int argc, char** argv) {
     out["amx_bf16_gflops"] = threads * iters * 4.0 * 16384 / s / 1e9;
   } else {
     out["amx_bf16_gflops"] = nullptr;
-    out["amx_note"] = "AMX not available (CPU flags or the kernel's arch_prctl permission)";
+    out["amx_note"] = "AMX not available (CPU flags, the kernel's arch_prctl permission, or TPSERVE_AMX=0)";
   }
   std::cout << out.dump() << std::endl;
   return 0;
