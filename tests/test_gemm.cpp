@@ -192,7 +192,7 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
       const std::vector<uint16_t> block = PackByDefinition(ToBf16(wf), cols, k, kpad);
       for (int n : {1, 8, 15, 16, 17, 33, 64}) {
         const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
-        const AmxTileActivations xb(x.data(), n, k, kpad);
+        const AlignedVector<uint16_t> xb = AmxTileActivations(x.data(), n, k, kpad);
         ASSERT_EQ(reinterpret_cast<uintptr_t>(xb.data()) % 64, 0u);
         ASSERT_EQ(xb.size(), static_cast<size_t>((n + 15) / 16 * 16) * kpad);
         // The tile order, from its definition: row t, input c at group t / 16, tile c / 32.

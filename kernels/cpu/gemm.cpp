@@ -1,5 +1,7 @@
 #include "cpu/gemm.h"
 
+#include "cpu/aligned.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -125,7 +127,7 @@ void Run(const Shape& s, const void* x, const void* w, float* y) {
 // slice goes to a dense per-thread buffer, then into place.
 void RunDenseOut(Shape s, const void* x, const void* w, float* y, int ldy) {
   if (ldy == s.m) return Run(s, x, w, y);
-  thread_local std::vector<float> dense;
+  thread_local AlignedVector<float> dense;
   dense.resize(static_cast<size_t>(s.n) * s.m);
   s.ldy = s.m;
   Run(s, x, w, dense.data());
@@ -135,8 +137,8 @@ void RunDenseOut(Shape s, const void* x, const void* w, float* y, int ldy) {
 }
 
 // x(n, k) rounded to bf16 rows of stride ld (>= k; the padding columns are zero).
-std::vector<uint16_t> ToBf16Rows(const float* x, int n, int k, int ld) {
-  std::vector<uint16_t> out(static_cast<size_t>(n) * ld, 0);
+AlignedVector<uint16_t> ToBf16Rows(const float* x, int n, int k, int ld) {
+  AlignedVector<uint16_t> out(static_cast<size_t>(n) * ld, 0);
   ParallelFor(n, 1, [&](int r0, int r1) {
     for (int r = r0; r < r1; ++r) {
       ConvertDType(x + static_cast<size_t>(r) * k, DType::kF32, &out[static_cast<size_t>(r) * ld],
@@ -172,7 +174,7 @@ bool GemmSupports(DType wt) {
 
 void GemmNT(const float* x, int n, const void* w, DType wt, int m, int k, float* y, int ldy) {
   const void* src = x;
-  std::vector<uint16_t> x_bf16;
+  AlignedVector<uint16_t> x_bf16;
   if (wt == DType::kBF16) {  // the bf16 kernels take bf16 activations
     x_bf16 = ToBf16Rows(x, n, k, k);
     src = x_bf16.data();
@@ -272,7 +274,7 @@ void PackedBf16::Unpack(uint16_t* w) const {
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
   if (n >= kGemmMinRows && n <= kAmxMaxRows && AmxBf16Usable()) {
-    const AmxTileActivations xb(x, n, k, kpad);
+    const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
     ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
       for (int b = b0; b < b1; ++b) {
         const int o0 = b * kPackedRows;
@@ -282,7 +284,7 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     return;
   }
   if (n >= kGemmMinRows) {
-    const std::vector<uint16_t> xb = ToBf16Rows(x, n, k, k);
+    const AlignedVector<uint16_t> xb = ToBf16Rows(x, n, k, k);
     ForWeightSlices(m, k, sizeof(uint16_t), [&](int o0, int o1) {
       Shape s{n, o1 - o0, k, k, 0, m, true, Dt::bf16, Dt::bf16};
       s.w_packed = true;

@@ -137,20 +137,18 @@ bool AmxBf16Usable() {
   return usable;
 }
 
-AmxTileActivations::AmxTileActivations(const float* x, int n, int k, int kpad) {
+AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad) {
   const int groups = (n + kAmxTileRows - 1) / kAmxTileRows;
-  size_ = static_cast<size_t>(groups) * kAmxTileRows * kpad;
-  storage_.assign(size_ + 32, 0);  // 32 elements of slack: room to start on a 64-byte boundary
-  const auto addr = reinterpret_cast<uintptr_t>(storage_.data());
-  data_ = storage_.data() + ((64 - addr % 64) % 64) / sizeof(uint16_t);
+  AlignedVector<uint16_t> out(static_cast<size_t>(groups) * kAmxTileRows * kpad, 0);
   std::vector<uint16_t> row(kpad, 0);
   for (int t = 0; t < n; ++t) {
     ConvertDType(x + static_cast<size_t>(t) * k, DType::kF32, row.data(), DType::kBF16, k);
-    uint16_t* group = data_ + static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad;
+    uint16_t* group = &out[static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad];
     for (int kk = 0; kk < kpad; kk += 32) {
       std::memcpy(group + static_cast<size_t>(kk) * kAmxTileRows + (t % kAmxTileRows) * 32, &row[kk], 64);
     }
   }
+  return out;
 }
 
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/aligned.h"
 #include "cpu/dtype.h"
 
 namespace tpserve::kernels {
@@ -74,17 +75,7 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
 // two cache lines made every tile load ~6x slower (perf/peak_flops: ~3 ns aligned).
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
-class AmxTileActivations {
- public:
-  AmxTileActivations(const float* x, int n, int k, int kpad);
-  const uint16_t* data() const { return data_; }
-  size_t size() const { return size_; }  // elements
-
- private:
-  std::vector<uint16_t> storage_;  // size_ elements from a 64-byte boundary on
-  uint16_t* data_ = nullptr;
-  size_t size_ = 0;
-};
+AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad);
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
 
 struct CpuKernelTable {
