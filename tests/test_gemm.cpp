@@ -216,9 +216,9 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
 }
 
 // Pack writes exactly the defined layout (zero padding included) and Unpack restores the matrix
-// bit for bit; MatmulPacked, through the block kernel (fewer than 8 rows), the AMX kernel (up to
-// kAmxMaxRows, where the CPU has AMX) and oneDNN (beyond), then computes the right product, which
-// shows that oneDNN reads the layout as defined. Shapes
+// bit for bit; MatmulPacked, through the block kernel (fewer than 8 rows) and from 8 rows on
+// through the AMX kernel (where the CPU has AMX) and through oneDNN, then computes the right
+// product, which shows that oneDNN reads the layout as defined. Shapes
 // cover partial blocks and, at k = 2100, several ~1 MB slices per thread.
 TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
   if (!PackedBf16::Pack(std::vector<uint16_t>(64 * 64).data(), 64, 64)) {
@@ -247,14 +247,18 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
       std::vector<uint16_t> row(c.k);
       packed->UnpackRow(c.m - 1, row.data());
       ASSERT_EQ(std::memcmp(row.data(), &wb[static_cast<size_t>(c.m - 1) * c.k], c.k * sizeof(uint16_t)), 0);
-      for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, kAmxMaxRows + 1}) {
-        const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
-        std::vector<float> y(static_cast<size_t>(n) * c.m);
-        MatmulPacked(x.data(), n, *packed, y.data());
-        // Like plain bf16 weights: the GEMM (kGemmMinRows rows and more) takes bf16 activations.
-        ExpectBf16Product(x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
-                          "threads " + std::to_string(threads));
+      for (const bool amx : {true, false}) {
+        UseAmxForPackedGemm(amx);
+        for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 70}) {
+          const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
+          std::vector<float> y(static_cast<size_t>(n) * c.m);
+          MatmulPacked(x.data(), n, *packed, y.data());
+          // Like plain bf16 weights: the GEMM (kGemmMinRows rows and more) takes bf16 activations.
+          ExpectBf16Product(x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
+                            "threads " + std::to_string(threads) + (amx ? " amx" : " onednn"));
+        }
       }
+      UseAmxForPackedGemm(true);
     }
   }
   SetThreads(1);

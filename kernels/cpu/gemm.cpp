@@ -271,9 +271,25 @@ void PackedBf16::Unpack(uint16_t* w) const {
   });
 }
 
+namespace {
+std::atomic<int> g_amx_packed{-1};  // -1: not yet decided (AmxBf16Usable() on first use)
+bool AmxForPackedGemm() {
+  int v = g_amx_packed.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = AmxBf16Usable() ? 1 : 0;
+    g_amx_packed.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+}  // namespace
+
+void UseAmxForPackedGemm(bool on) {
+  g_amx_packed.store(on && AmxBf16Usable() ? 1 : 0);
+}
+
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
-  if (n >= kGemmMinRows && n <= kAmxMaxRows && AmxBf16Usable()) {
+  if (n >= kGemmMinRows && AmxForPackedGemm()) {
     const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
     ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
       for (int b = b0; b < b1; ++b) {

@@ -68,14 +68,15 @@ class PackedBf16 {
   std::unique_ptr<uint16_t, Free> data_;
 };
 
-// Batched decode up to this many rows runs PackedBf16Amx where the CPU has AMX: oneDNN 2.6's AMX
-// kernel streams the weights at about half the rate for these shapes (perf/matvec_bench --rows).
-inline constexpr int kAmxMaxRows = 64;
-
 // y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): PackedBf16Fn below kGemmMinRows rows;
-// PackedBf16Amx up to kAmxMaxRows where AmxBf16Usable(); oneDNN otherwise. Threads of the kernel
-// pool split the blocks. From kGemmMinRows rows on, activations are rounded to bf16.
+// from there PackedBf16Amx where AMX is on (UseAmxForPackedGemm), oneDNN otherwise. Threads of
+// the kernel pool split the blocks. From kGemmMinRows rows on, activations are rounded to bf16.
+// Our AMX kernel against oneDNN 2.6's on the 2-core VM: 16-64 rows (batched decode) stream the
+// weights 1.3-2x as fast (perf/matvec_bench --rows), a 512-token prefill runs ~10% faster.
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
+// Whether MatmulPacked takes PackedBf16Amx; on by default where AmxBf16Usable(). For tests and
+// A/B runs (TPSERVE_AMX=0 turns it off at start-up).
+void UseAmxForPackedGemm(bool on);
 
 inline constexpr int kAttentionTileRows = 64;
 
