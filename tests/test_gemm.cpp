@@ -152,6 +152,20 @@ std::vector<uint16_t> ToBf16(const std::vector<float>& v) {
   return out;
 }
 
+// One packed block of `cols` random output rows over k inputs, built from the layout's definition.
+struct TestBlock {
+  int kpad;
+  std::vector<float> wf;        // the weights as drawn (cols x k)
+  std::vector<uint16_t> block;  // their bf16 rounding, packed (64 x kpad)
+};
+TestBlock MakeTestBlock(int cols, int k) {
+  TestBlock b;
+  b.kpad = (k + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign;
+  b.wf = Random(static_cast<size_t>(cols) * k, k + cols);
+  b.block = PackByDefinition(ToBf16(b.wf), cols, k, b.kpad);
+  return b;
+}
+
 // Every ISA's packed kernel over one block built from the layout's definition: row counts on
 // both sides of its 4-row groups, k not a multiple of the pair or the 32-wide k block, and fewer
 // than 64 valid output rows (the rest of y must stay untouched).
@@ -159,10 +173,8 @@ TEST(PackedBf16, BlockKernelOfEveryIsaMatchesReference) {
   for (const std::string& isa : SupportedIsas()) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
     for (int k : {1, 2, 31, 33, 100}) {
-      const int kpad = (k + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign;
       for (int cols : {1, 17, 64}) {
-        const std::vector<float> wf = Random(static_cast<size_t>(cols) * k, k + cols);
-        const std::vector<uint16_t> block = PackByDefinition(ToBf16(wf), cols, k, kpad);
+        const auto [kpad, wf, block] = MakeTestBlock(cols, k);
         for (int n : {1, 2, 3, 4, 5, 7, 9}) {
           const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
           std::vector<float> xp(static_cast<size_t>(n) * kpad, 0.0f);
@@ -186,10 +198,8 @@ TEST(PackedBf16, BlockKernelOfEveryIsaMatchesReference) {
 TEST(PackedBf16, AmxBlockKernelMatchesReference) {
   if (!AmxBf16Usable()) GTEST_SKIP() << "this CPU (or kernel) offers no AMX-BF16: batched decode uses oneDNN";
   for (int k : {1, 31, 33, 100, 200}) {
-    const int kpad = (k + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign;
     for (int cols : {1, 17, 64}) {
-      const std::vector<float> wf = Random(static_cast<size_t>(cols) * k, k + cols);
-      const std::vector<uint16_t> block = PackByDefinition(ToBf16(wf), cols, k, kpad);
+      const auto [kpad, wf, block] = MakeTestBlock(cols, k);
       for (int n : {1, 8, 15, 16, 17, 33, 64}) {
         const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
         const AlignedVector<uint16_t> xb = AmxTileActivations(x.data(), n, k, kpad);
