@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     out["amx_bf16_gflops"] = threads * iters * 4.0 * 16384 / s / 1e9;
   } else {
     out["amx_bf16_gflops"] = nullptr;
-    out["amx_note"] = "AMX not available (CPU flags, the kernel's arch_prctl permission, or TPSERVE_AMX=0)";
+    out["amx_note"] = "AMX not available (CPU flags or the kernel's arch_prctl permission)";
   }
   std::cout << out.dump() << std::endl;
   return 0;

@@ -196,11 +196,11 @@ TEST(PackedBf16, BlockKernelOfEveryIsaMatchesReference) {
 // The AMX block kernel (batched decode) over the same blocks, with bf16 activations: row counts
 // on both sides of its 16-row tiles, partial tiles of k, fewer than 64 valid output rows.
 TEST(PackedBf16, AmxBlockKernelMatchesReference) {
-  if (!AmxBf16Usable()) GTEST_SKIP() << "this CPU (or kernel) offers no AMX-BF16: batched decode uses oneDNN";
+  if (!AmxBf16Usable()) GTEST_SKIP() << "this CPU (or kernel) offers no AMX-BF16: packed GEMMs use oneDNN";
   for (int k : {1, 31, 33, 100, 200}) {
     for (int cols : {1, 17, 64}) {
       const auto [kpad, wf, block] = MakeTestBlock(cols, k);
-      for (int n : {1, 8, 15, 16, 17, 33, 64}) {
+      for (int n : {1, 8, 15, 16, 17, 24, 33, 64}) {
         const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
         const AlignedVector<uint16_t> xb = AmxTileActivations(x.data(), n, k, kpad);
         ASSERT_EQ(reinterpret_cast<uintptr_t>(xb.data()) % 64, 0u);
@@ -264,8 +264,9 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
           std::vector<float> y(static_cast<size_t>(n) * c.m);
           MatmulPacked(x.data(), n, *packed, y.data());
           // Like plain bf16 weights: the GEMM (kGemmMinRows rows and more) takes bf16 activations.
-          ExpectBf16Product(x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
-                            "threads " + std::to_string(threads) + (amx ? " amx" : " onednn"));
+          ExpectBf16Product(
+              x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
+              "threads " + std::to_string(threads) + (amx && AmxBf16Usable() ? " amx" : " onednn"));
         }
       }
       UseAmxForPackedGemm(true);

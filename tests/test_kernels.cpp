@@ -197,26 +197,29 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   }
 }
 
-// int8 MatmulNT: the same bits for every ISA, batch size and thread count.
+// int8 MatmulNT: the same bits for every ISA, batch size and thread count. Row counts: at 1
+// thread 53 rows are kRowsI8 runs of 6 rows and a remainder of 5, 19 rows runs of 2, 5 rows (and
+// at 2 threads the halves of 19) too few for one run; k = 2100 makes each row longer than the
+// 2 KB prefetch distance.
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  // 53 rows: at 1 thread kRowsI8 runs of 6 rows each and a remainder of 5; shorter runs at 2.
-  const int m = 53, k = 203;
-  const std::vector<float> x = Random(9 * k, 41, 2.0f);
-  Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
-  std::vector<float> first;
-  for (const std::string& isa : SupportedIsas()) {
-    for (int threads : {1, 2}) {
-      SetThreads(threads);
-      for (int n = 1; n <= 9; ++n) {
-        std::vector<float> y(n * m);
-        MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(),
-                 w.row_scales());
-        if (first.empty()) {
-          MatmulNT(PortableKernels(), x.data(), 9, w.bytes.data(), DType::kI8, m, k,
-                   (first = std::vector<float>(9 * m)).data(), w.row_scales());
+  for (const int m : {5, 19, 53}) {
+    for (const int k : {203, 2100}) {
+      const std::vector<float> x = Random(9 * k, 41, 2.0f);
+      Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
+      std::vector<float> first(9 * m);
+      MatmulNT(PortableKernels(), x.data(), 9, w.bytes.data(), DType::kI8, m, k, first.data(),
+               w.row_scales());
+      for (const std::string& isa : SupportedIsas()) {
+        for (int threads : {1, 2}) {
+          SetThreads(threads);
+          for (int n = 1; n <= 9; ++n) {
+            std::vector<float> y(n * m);
+            MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(),
+                     w.row_scales());
+            ASSERT_EQ(std::memcmp(y.data(), first.data(), y.size() * 4), 0)
+                << isa << " m=" << m << " k=" << k << " n=" << n << " threads=" << threads;
+          }
         }
-        ASSERT_EQ(std::memcmp(y.data(), first.data(), y.size() * 4), 0)
-            << isa << " n=" << n << " threads=" << threads;
       }
     }
   }

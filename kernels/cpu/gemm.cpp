@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -272,12 +273,14 @@ void PackedBf16::Unpack(uint16_t* w) const {
 }
 
 namespace {
-std::atomic<int> g_amx_packed{-1};  // -1: not yet decided (AmxBf16Usable() on first use)
+std::atomic<int> g_amx_packed{-1};  // -1: not decided yet (on first use: TPSERVE_AMX, the CPU)
 bool AmxForPackedGemm() {
   int v = g_amx_packed.load(std::memory_order_relaxed);
   if (v < 0) {
-    v = AmxBf16Usable() ? 1 : 0;
-    g_amx_packed.store(v, std::memory_order_relaxed);
+    const char* env = std::getenv("TPSERVE_AMX");
+    const int want = (env == nullptr || std::string(env) != "0") && AmxBf16Usable() ? 1 : 0;
+    // An explicit UseAmxForPackedGemm that raced with this first use wins.
+    v = g_amx_packed.compare_exchange_strong(v, want) ? want : v;
   }
   return v == 1;
 }

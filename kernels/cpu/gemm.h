@@ -72,10 +72,10 @@ class PackedBf16 {
 // from there PackedBf16Amx where AMX is on (UseAmxForPackedGemm), oneDNN otherwise. Threads of
 // the kernel pool split the blocks. From kGemmMinRows rows on, activations are rounded to bf16.
 // Our AMX kernel against oneDNN 2.6's on the 2-core VM: 16-64 rows (batched decode) stream the
-// weights 1.3-2x as fast (perf/matvec_bench --rows), a 512-token prefill runs ~10% faster.
+// weights 1.3-2x as fast (perf/matvec_bench --rows), a 512-token prefill runs ~8% faster.
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
-// Whether MatmulPacked takes PackedBf16Amx; on by default where AmxBf16Usable(). For tests and
-// A/B runs (TPSERVE_AMX=0 turns it off at start-up).
+// Whether MatmulPacked takes PackedBf16Amx (never where !AmxBf16Usable()). On by default, unless
+// the environment says TPSERVE_AMX=0 (A/B benchmarks); tests switch it to cover both paths.
 void UseAmxForPackedGemm(bool on);
 
 inline constexpr int kAttentionTileRows = 64;

@@ -7,13 +7,12 @@
 
 #include <cpuid.h>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "cpu/dtype.h"
 #include "cpu/kernels.h"
+#include "cpu/thread_pool.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -130,24 +129,23 @@ void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, f
 }  // namespace
 
 bool AmxBf16Usable() {
-  static const bool usable = [] {
-    const char* off = std::getenv("TPSERVE_AMX");  // TPSERVE_AMX=0: oneDNN instead (A/B benchmarks)
-    return !(off != nullptr && std::string(off) == "0") && ProbeAmx();
-  }();
+  static const bool usable = ProbeAmx();
   return usable;
 }
 
 AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad) {
   const int groups = (n + kAmxTileRows - 1) / kAmxTileRows;
   AlignedVector<uint16_t> out(static_cast<size_t>(groups) * kAmxTileRows * kpad, 0);
-  std::vector<uint16_t> row(kpad, 0);
-  for (int t = 0; t < n; ++t) {
-    ConvertDType(x + static_cast<size_t>(t) * k, DType::kF32, row.data(), DType::kBF16, k);
-    uint16_t* group = &out[static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad];
-    for (int kk = 0; kk < kpad; kk += 32) {
-      std::memcpy(group + static_cast<size_t>(kk) * kAmxTileRows + (t % kAmxTileRows) * 32, &row[kk], 64);
+  ParallelFor(n, 1, [&](int t0, int t1) {
+    std::vector<uint16_t> row(kpad, 0);
+    for (int t = t0; t < t1; ++t) {
+      ConvertDType(x + static_cast<size_t>(t) * k, DType::kF32, row.data(), DType::kBF16, k);
+      uint16_t* group = &out[static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad];
+      for (int kk = 0; kk < kpad; kk += 32) {
+        std::memcpy(group + static_cast<size_t>(kk) * kAmxTileRows + (t % kAmxTileRows) * 32, &row[kk], 64);
+      }
     }
-  }
+  });
   return out;
 }
 

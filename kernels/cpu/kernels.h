@@ -65,14 +65,14 @@ using PackedBf16Fn = void (*)(const float* x, int n, int kpad, const uint16_t* b
                               int cols);
 void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
 
-// The same block product on AMX-BF16 tiles, for batched decode (a few to a few dozen rows, where
-// the AVX-512 FMAs cannot keep up with the weight stream), with bf16 activations and f32 sums.
-// Only where AmxBf16Usable(): the CPU has AMX-BF16 and Linux granted this process the tile state
-// (the first call asks for it). x comes from AmxTileActivations: activation rows in groups of
-// kAmxTileRows, each group as kpad / 32 dense tiles of kAmxTileRows x 32 bf16 (zeros past n and
-// k), 64-byte aligned. Dense tiles, because a tile loaded from rows at a 4 KB stride (k = 2048)
-// puts all 16 lines in one L1 set, more than its ways; aligned, because a tile row that straddles
-// two cache lines made every tile load ~6x slower (perf/peak_flops: ~3 ns aligned).
+// The same block product on AMX-BF16 tiles, for 8 rows and more (batched decode, where the
+// AVX-512 FMAs cannot keep up with the weight stream, and prefill), with bf16 activations and f32
+// sums; 32 rows per pass over the block. Only where AmxBf16Usable(): the CPU has AMX-BF16 and
+// Linux granted this process the tile state (the first call asks for it). x comes from AmxTileActivations:
+// activation rows in groups of kAmxTileRows, each group as kpad / 32 dense tiles of kAmxTileRows x 32 bf16
+// (zeros past n and k), 64-byte aligned. Dense tiles, because a tile loaded from rows at a 4 KB stride (k =
+// 2048) puts all 16 lines in one L1 set, more than its ways; aligned, because a tile row that straddles two
+// cache lines made every tile load ~6x slower (perf/peak_flops: ~3 ns aligned).
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
 AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad);
