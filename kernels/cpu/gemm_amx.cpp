@@ -52,11 +52,11 @@ constexpr int kPrefetchSteps = 2;
 constexpr int kStepBytes = 16 * 2 * kPackedRows * 2;  // 16 pairs of 64 rows, bf16
 
 // rows (<= 16) activation rows, as one group of AmxTileActivations, x one block: sums into c
-// (rows x 64 f32, dense). Each 32-input step loads the activation tile and the four weight tiles
+// (rows x 64 f32, row stride ldc). Each 32-input step loads the activation tile and the four weight tiles
 // (two tile registers in turn) for the four products. Single-threaded on the 2-core VM, at 16
 // rows and k = 2048, it read 14-16 GB/s of weights from memory (perf/membw: ~17 per core) and
 // 23-44 GB/s from L2. Tile numbers are immediates in the intrinsics, hence the spelled-out code.
-void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c) {
+void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c, int ldc) {
   ConfigureTiles(rows);
   _tile_zero(0);
   _tile_zero(1);
@@ -76,10 +76,11 @@ void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, flo
     _tile_loadd(6, w + 96, 256);
     _tile_dpbf16ps(3, 4, 6);
   }
-  _tile_stored(0, c, 256);
-  _tile_stored(1, c + 16, 256);
-  _tile_stored(2, c + 32, 256);
-  _tile_stored(3, c + 48, 256);
+  const size_t stride = static_cast<size_t>(ldc) * sizeof(float);
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c + 32, stride);
+  _tile_stored(3, c + 48, stride);
   _tile_release();
 }
 
@@ -88,7 +89,7 @@ void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, flo
 // 5 the two groups' activations, 6 and 7 the half's two weight tiles. Each weight tile then
 // serves both groups, and each pass reads its own half of every 256-byte pair row, so the block
 // comes from memory once (the 16-row kernel, run twice, would read it twice).
-void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c) {
+void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c, int ldc) {
   const int rows1 = rows - kAmxTileRows;
   TileConfig cfg;
   for (int t : {0, 1, 4}) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
@@ -118,10 +119,12 @@ void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, f
       _tile_dpbf16ps(3, 5, 7);
     }
     float* out = c + 32 * half;
-    _tile_stored(0, out, 256);
-    _tile_stored(1, out + 16, 256);
-    _tile_stored(2, out + kAmxTileRows * kPackedRows, 256);
-    _tile_stored(3, out + kAmxTileRows * kPackedRows + 16, 256);
+    const size_t stride = static_cast<size_t>(ldc) * sizeof(float);
+    float* out1 = out + static_cast<size_t>(kAmxTileRows) * ldc;  // the second group's rows
+    _tile_stored(0, out, stride);
+    _tile_stored(1, out + 16, stride);
+    _tile_stored(2, out1, stride);
+    _tile_stored(3, out1 + 16, stride);
   }
   _tile_release();
 }
@@ -150,17 +153,22 @@ AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpa
 }
 
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
-  alignas(64) float c[2 * kAmxTileRows * kPackedRows];
+  alignas(64) float part[2 * kAmxTileRows * kPackedRows];  // a partial block's sums, copied out
   for (int r0 = 0; r0 < n; r0 += 2 * kAmxTileRows) {
     const int rows = n - r0 < 2 * kAmxTileRows ? n - r0 : 2 * kAmxTileRows;
     const uint16_t* xg = x + static_cast<size_t>(r0) * kpad;
+    // A full block's tiles go straight into y; a partial one's through `part`.
+    float* c = cols == kPackedRows ? y + static_cast<size_t>(r0) * ldy : part;
+    const int ldc = cols == kPackedRows ? ldy : kPackedRows;
     if (rows > kAmxTileRows) {
-      BlockRows32(xg, rows, kpad, block, c);
+      BlockRows32(xg, rows, kpad, block, c, ldc);
     } else {
-      BlockRows(xg, rows, kpad, block, c);
+      BlockRows(xg, rows, kpad, block, c, ldc);
     }
-    for (int r = 0; r < rows; ++r)
-      std::memcpy(y + static_cast<size_t>(r0 + r) * ldy, c + r * kPackedRows, cols * sizeof(float));
+    if (c == part) {
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(y + static_cast<size_t>(r0 + r) * ldy, part + r * kPackedRows, cols * sizeof(float));
+    }
   }
 }
 
