@@ -12,6 +12,18 @@ namespace tpserve {
 
 namespace k = kernels;
 
+namespace {
+// Rows per pool chunk for the per-row work (norms, RoPE, KV writes): a few, so a decode batch of
+// a handful of rows stays on one thread.
+constexpr int kRowGrain = 4;
+
+// v's storage for at least `size` elements: grown, never shrunk (see LlamaModel::Scratch).
+float* Grow(std::vector<float>& v, size_t size) {
+  if (v.size() < size) v.resize(size);
+  return v.data();
+}
+}  // namespace
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, Communicator& tp)
     : config_(std::move(config)), weights_(std::move(weights)), tp_(tp), inv_freq_(RopeInvFreq(config_)) {
   PackWeightsForGemm(&weights_, /*pack=*/true);
@@ -64,8 +76,8 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   const size_t q_dim = static_cast<size_t>(nq) * hd, kv_dim = static_cast<size_t>(nkv) * hd;
   const size_t qkv_dim = q_dim + 2 * kv_dim;
   // (n, q | k | v): one matmul over the stacked rows; the three parts are used in place.
-  std::vector<float> qkv(n * qkv_dim);
-  Linear(L.qkv, h, n, qkv.data());
+  float* qkv = Grow(scratch_.qkv, n * qkv_dim);
+  Linear(L.qkv, h, n, qkv);
   auto q_at = [&](int t, int hq) { return &qkv[t * qkv_dim + static_cast<size_t>(hq) * hd]; };
   auto k_at = [&](int t, int hk) { return &qkv[t * qkv_dim + q_dim + static_cast<size_t>(hk) * hd]; };
   auto v_at = [&](int t, int hk) {
@@ -81,33 +93,36 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   add_bias(q_dim, L.k_bias);
   add_bias(q_dim + kv_dim, L.v_bias);
 
-  // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks.
-  std::vector<float> cos_sin(hd);
+  // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks (rows are
+  // independent, and each writes its own cache slots: the pool splits them).
   const float eps = static_cast<float>(c.rms_norm_eps);
-  for (int t = 0; t < n; ++t) {
-    const int pos = batch.pos[t];
-    SequenceKv& seq = *batch.items[batch.item[t]].seq;
-    RopeTable(pos, cos_sin.data());
-    for (int hq = 0; hq < nq; ++hq) {
-      float* v = q_at(t, hq);
-      if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
-      k::RopeRotateHalf(v, hd, cos_sin.data());
+  k::ParallelFor(n, kRowGrain, [&](int t0, int t1) {
+    std::vector<float> cos_sin(hd);
+    for (int t = t0; t < t1; ++t) {
+      const int pos = batch.pos[t];
+      SequenceKv& seq = *batch.items[batch.item[t]].seq;
+      RopeTable(pos, cos_sin.data());
+      for (int hq = 0; hq < nq; ++hq) {
+        float* v = q_at(t, hq);
+        if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
+        k::RopeRotateHalf(v, hd, cos_sin.data());
+      }
+      for (int hk = 0; hk < nkv; ++hk) {
+        float* v = k_at(t, hk);
+        if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
+        k::RopeRotateHalf(v, hd, cos_sin.data());
+        const int32_t block = seq.blocks[pos / bs];
+        std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
+        std::memcpy(pool.v(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
+      }
     }
-    for (int hk = 0; hk < nkv; ++hk) {
-      float* v = k_at(t, hk);
-      if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
-      k::RopeRotateHalf(v, hd, cos_sin.data());
-      const int32_t block = seq.blocks[pos / bs];
-      std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
-      std::memcpy(pool.v(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
-    }
-  }
+  });
 
   // Query head h (global) reads KV head h / group_size (global); both ranges are this rank's.
   const int g = c.group_size();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   auto kv_of = [&](int hq) { return static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin); };
-  std::vector<float> attn(static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
+  float* attn = Grow(scratch_.attn, static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
   // Decode rows (every row in deterministic mode) are gathered here and run in one pool dispatch
   // after the loop; `table` is where their sequence's block pointers start in kb/vb.
   struct DecodeRow {
@@ -169,16 +184,16 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     }
   });
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
-  Linear(L.o, attn.data(), n, out);
+  Linear(L.o, attn, n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 
 Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
   const LayerWeights& L = weights_.layers[layer];
   const int f = static_cast<int>(weights_.shard.layers[layer].ffn.size()), hidden = config_.hidden_size;
-  std::vector<float> gate_up(static_cast<size_t>(n) * 2 * f);  // (n, gate | up), one matmul
-  Linear(L.gate_up, h, n, gate_up.data());
-  std::vector<float> act(static_cast<size_t>(n) * f);  // (n, local ffn)
+  float* gate_up = Grow(scratch_.gate_up, static_cast<size_t>(n) * 2 * f);  // (n, gate | up), one matmul
+  Linear(L.gate_up, h, n, gate_up);
+  float* act = Grow(scratch_.act, static_cast<size_t>(n) * f);  // (n, local ffn)
   k::ParallelFor(n, 1, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
       const float* row = &gate_up[static_cast<size_t>(t) * 2 * f];
@@ -186,7 +201,7 @@ Status LlamaModel::Mlp(int layer, int n, const float* h, float* out) {
     }
   });
   // Row-parallel down_proj: partial sums over this rank's FFN rows, then the all-reduce.
-  Linear(L.down, act.data(), n, out);
+  Linear(L.down, act, n, out);
   return tp_.AllReduceSum(out, static_cast<size_t>(n) * hidden);
 }
 
@@ -221,15 +236,27 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
   const float eps = static_cast<float>(c.rms_norm_eps);
   std::vector<float> x(static_cast<size_t>(n) * hidden), h(x.size()), delta(x.size());  // (n, hidden)
   TPS_RETURN_IF_ERROR(Embed(ids.data(), n, x.data()));
+  // h = norm(x), after x += delta where given: row by row, split over the pool.
+  auto residual_norm = [&](const float* add, const HostTensor& weight) {
+    k::ParallelFor(n, kRowGrain, [&](int t0, int t1) {
+      for (int t = t0; t < t1; ++t) {
+        float* xt = &x[static_cast<size_t>(t) * hidden];
+        if (add != nullptr) {
+          const float* dt = add + static_cast<size_t>(t) * hidden;
+          for (int i = 0; i < hidden; ++i) xt[i] += dt[i];
+        }
+        k::RmsNorm(xt, weight.f32(), hidden, eps, &h[static_cast<size_t>(t) * hidden]);
+      }
+    });
+  };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[l];
-    for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.attn_norm.f32(), hidden, eps, &h[t * hidden]);
+    residual_norm(l == 0 ? nullptr : delta.data(), L.attn_norm);  // delta: the previous MLP's
     TPS_RETURN_IF_ERROR(Attention(l, batch, pool, h.data(), delta.data()));
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
-    for (int t = 0; t < n; ++t) k::RmsNorm(&x[t * hidden], L.mlp_norm.f32(), hidden, eps, &h[t * hidden]);
+    residual_norm(delta.data(), L.mlp_norm);
     TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
   }
+  for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];  // the last MLP's
   // Logits of each sequence's last token only, for this rank's vocab range: (items, local_vocab)
   std::vector<float> last(items.size() * static_cast<size_t>(hidden));
   for (size_t it = 0; it < items.size(); ++it) {
