@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cpu/amx_tile_config.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -32,16 +33,10 @@ __attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
   return _mm512_reduce_add_ps(s);
 }
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // C tiles 0..3 (16x16 f32) += A tiles 4,5 (16x32 bf16) x B tiles 6,7: 4 independent TDPBF16PS,
 // each 16*16*32*2 = 16384 flops.
 __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
-  TileConfig cfg;
+  tpserve::kernels::AmxTileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/amx_tile_config.h"
 #include "cpu/dtype.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
@@ -29,18 +30,10 @@ bool ProbeAmx() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Tiles: 0-3 the four 16-column sums of the block (rows x 16 f32), 4 the activations (rows x 32
 // bf16), 5 and 6 the weights (16 pairs x 16 columns).
 void ConfigureTiles(int rows) {
-  TileConfig cfg;
+  AmxTileConfig cfg;
   for (int t = 0; t < 5; ++t) cfg.rows[t] = static_cast<uint8_t>(rows), cfg.colsb[t] = 64;
   for (int t = 5; t < 7; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
   _tile_loadconfig(&cfg);
@@ -91,7 +84,7 @@ void BlockRows(const uint16_t* x, int rows, int kpad, const uint16_t* block, flo
 // comes from memory once (the 16-row kernel, run twice, would read it twice).
 void BlockRows32(const uint16_t* x, int rows, int kpad, const uint16_t* block, float* c, int ldc) {
   const int rows1 = rows - kAmxTileRows;
-  TileConfig cfg;
+  AmxTileConfig cfg;
   for (int t : {0, 1, 4}) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
   for (int t : {2, 3, 5}) cfg.rows[t] = static_cast<uint8_t>(rows1), cfg.colsb[t] = 64;
   for (int t : {6, 7}) cfg.rows[t] = 16, cfg.colsb[t] = 64;
