@@ -290,15 +290,26 @@ void UseAmxForPackedGemm(bool on) {
   g_amx_packed.store(on && AmxBf16Usable() ? 1 : 0);
 }
 
+namespace {
+// block_fn(block, y + first output row, valid rows of the block) for every block of w, the blocks
+// split over the pool: the own kernels' loop (AMX and few-row), each writing y's columns of its block.
+template <typename BlockFn>
+void ForPackedBlocks(const PackedBf16& w, float* y, const BlockFn& block_fn) {
+  ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
+    for (int b = b0; b < b1; ++b) {
+      const int o0 = b * kPackedRows;
+      block_fn(w.block(b), y + o0, std::min(kPackedRows, w.rows() - o0));
+    }
+  });
+}
+}  // namespace
+
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
   if (n >= kGemmMinRows && AmxForPackedGemm()) {
     const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
-    ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
-      for (int b = b0; b < b1; ++b) {
-        const int o0 = b * kPackedRows;
-        PackedBf16Amx(xb.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
-      }
+    ForPackedBlocks(w, y, [&](const uint16_t* block, float* yb, int cols) {
+      PackedBf16Amx(xb.data(), n, kpad, block, yb, m, cols);
     });
     return;
   }
@@ -316,11 +327,8 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
               &xp[static_cast<size_t>(t) * kpad]);
   const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
-  ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
-    for (int b = b0; b < b1; ++b) {
-      const int o0 = b * kPackedRows;
-      kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
-    }
+  ForPackedBlocks(w, y, [&](const uint16_t* block, float* yb, int cols) {
+    kernel(xp.data(), n, kpad, block, yb, m, cols);
   });
 }
 
