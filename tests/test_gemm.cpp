@@ -215,7 +215,7 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
         }
         const int ldy = 70;
         std::vector<float> y(static_cast<size_t>(n) * ldy, -7.0f);
-        PackedBf16Amx(xb.data(), n, kpad, block.data(), y.data(), ldy, cols);
+        PackedBf16Amx(xb.data(), n, kpad, block.data(), /*nblocks=*/1, y.data(), ldy, cols);
         ExpectBf16Product(x, /*x_bf16=*/true, wf, n, cols, k, y.data(), ldy, "amx n=" + std::to_string(n));
         for (int t = 0; t < n; ++t) {
           for (int o = cols; o < ldy; ++o) ASSERT_EQ(y[static_cast<size_t>(t) * ldy + o], -7.0f) << "amx";
@@ -229,7 +229,8 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
 // bit for bit; MatmulPacked, through the block kernel (fewer than 8 rows) and from 8 rows on
 // through the AMX kernel (where the CPU has AMX) and through oneDNN, then computes the right
 // product, which shows that oneDNN reads the layout as defined. Shapes
-// cover partial blocks and, at k = 2100, several ~1 MB slices per thread.
+// cover partial blocks, at k = 2100 several ~1 MB slices per thread, and at k = 2048 a batch of
+// more than one row chunk.
 TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
   if (!PackedBf16::Pack(std::vector<uint16_t>(64 * 64).data(), 64, 64)) {
     GTEST_SKIP() << "this CPU's oneDNN bf16 kernels use another weight layout, or it lacks AVX512-BF16: "
@@ -240,8 +241,8 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
   };
   for (int threads : {1, 2, 3}) {
     SetThreads(threads);
-    for (const Case& c :
-         {Case{1, 1}, Case{37, 75}, Case{64, 64}, Case{65, 129}, Case{200, 33}, Case{450, 2100}}) {
+    for (const Case& c : {Case{1, 1}, Case{37, 75}, Case{64, 64}, Case{65, 129}, Case{200, 33},
+                          Case{450, 2100}, Case{130, 2048}}) {
       const std::vector<float> wf = Random(static_cast<size_t>(c.m) * c.k, c.m + c.k);
       const std::vector<uint16_t> wb = ToBf16(wf);
       auto packed = PackedBf16::Pack(wb.data(), c.m, c.k);
@@ -259,7 +260,9 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
       ASSERT_EQ(std::memcmp(row.data(), &wb[static_cast<size_t>(c.m - 1) * c.k], c.k * sizeof(uint16_t)), 0);
       for (const bool amx : {true, false}) {
         UseAmxForPackedGemm(amx);
-        for (int n : {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 70}) {
+        std::vector<int> ns = {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 70};
+        if (c.k == 2048) ns.push_back(300);  // the AMX path's row chunks: 256 rows at k = 2048, then 44
+        for (int n : ns) {
           const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
           std::vector<float> y(static_cast<size_t>(n) * c.m);
           MatmulPacked(x.data(), n, *packed, y.data());
