@@ -87,9 +87,32 @@ __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* g
 }
 
 namespace {
-// y += a * x over n floats.
-__attribute__((target_clones("avx512f", "default"))) void Axpy(float a, const float* x, int n, float* y) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+// out += w[0] * v[0] + ... + w[rows - 1] * v[rows - 1] over d floats, the rows (d apart) added one
+// after another into each element: the order of a row-by-row y += a * x, so the result is the same
+// bitwise, with out's elements kept in registers across the rows.
+__attribute__((target_clones("avx512f", "default"))) void AccumulateRows(const float* w, const float* v,
+                                                                         int rows, int d,
+                                                                         float* __restrict out) {
+  constexpr int kChunk = 64;  // out's elements per pass: four AVX-512 registers
+  for (int i0 = 0; i0 < d; i0 += kChunk) {
+    const int len = std::min(kChunk, d - i0);
+    float acc[kChunk];
+    for (int i = 0; i < len; ++i) acc[i] = out[i0 + i];
+    for (int p = 0; p < rows; ++p) {
+      const float a = w[p];
+      const float* x = v + static_cast<size_t>(p) * d + i0;
+      for (int i = 0; i < len; ++i) acc[i] += a * x[i];
+    }
+    for (int i = 0; i < len; ++i) out[i0 + i] = acc[i];
+  }
+}
+
+// A block's rows into L1 ahead of use: the blocks of a paged cache are scattered, and the
+// hardware prefetcher starts over at each one (and at every 4 KB page).
+void PrefetchRows(const float* rows, int n, int d) {
+  const char* p = reinterpret_cast<const char*>(rows);
+  const size_t bytes = static_cast<size_t>(n) * d * sizeof(float);
+  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 0, 3);
 }
 }  // namespace
 
@@ -98,23 +121,27 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
   const CpuKernelTable& kt = ActiveKernels();
   const DotFn dot = kt.dot[static_cast<int>(DType::kF32)];
   const Rows4Fn rows4 = kt.rows4[static_cast<int>(DType::kF32)];
+  const int nblocks = (npos + block_size - 1) / block_size;
+  auto rows_in = [&](int b) { return std::min(block_size, npos - b * block_size); };
   // Scores block by block: a block's keys are rows at a stride of d, so four at a time go through
-  // rows4 (bitwise the single dot, four key streams in flight).
-  for (int p = 0, b = 0; p < npos; ++b) {
+  // rows4 (bitwise the single dot, four key streams in flight). The next block is prefetched.
+  for (int b = 0; b < nblocks; ++b) {
+    if (b + 1 < nblocks) PrefetchRows(k_blocks[b + 1], rows_in(b + 1), d);
     const float* keys = k_blocks[b];
-    const int n_in = std::min(block_size, npos - p);
+    const int p = b * block_size, n_in = rows_in(b);
     int j = 0;
     if (rows4 != nullptr) {
       for (; j + 4 <= n_in; j += 4)
         rows4(q, keys + static_cast<size_t>(j) * d, sizeof(float) * d, d, &scratch[p + j]);
     }
     for (; j < n_in; ++j) scratch[p + j] = dot(q, keys + static_cast<size_t>(j) * d, d);
-    p += n_in;
   }
+  PrefetchRows(v_blocks[0], rows_in(0), d);
   ScaledSoftmax(scratch, npos, scale);
   std::fill(out, out + d, 0.0f);
-  for (int p = 0; p < npos; ++p) {
-    Axpy(scratch[p], v_blocks[p / block_size] + static_cast<size_t>(p % block_size) * d, d, out);
+  for (int b = 0; b < nblocks; ++b) {
+    if (b + 1 < nblocks) PrefetchRows(v_blocks[b + 1], rows_in(b + 1), d);
+    AccumulateRows(&scratch[b * block_size], v_blocks[b], rows_in(b), d, out);
   }
 }
 
