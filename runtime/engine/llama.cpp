@@ -256,14 +256,14 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
     residual_norm(delta.data(), L.mlp_norm);
     TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
   }
-  for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];  // the last MLP's
-  // Logits of each sequence's last token only, for this rank's vocab range: (items, local_vocab)
+  // Logits of each sequence's last token only, for this rank's vocab range: (items, local_vocab).
+  // Only those rows need the last MLP's output added.
   std::vector<float> last(items.size() * static_cast<size_t>(hidden));
   for (size_t it = 0; it < items.size(); ++it) {
     items[it].seq->length += items[it].n;
-    const int row = batch.first_row[it] + items[it].n - 1;
-    k::RmsNorm(&x[static_cast<size_t>(row) * hidden], weights_.final_norm.f32(), hidden, eps,
-               &last[it * hidden]);
+    const size_t row = static_cast<size_t>(batch.first_row[it] + items[it].n - 1) * hidden;
+    for (int i = 0; i < hidden; ++i) x[row + i] += delta[row + i];
+    k::RmsNorm(&x[row], weights_.final_norm.f32(), hidden, eps, &last[it * hidden]);
   }
   const HostTensor& lm = weights_.logits_weight();
   Linear(lm, last.data(), static_cast<int>(items.size()), logits_local);
