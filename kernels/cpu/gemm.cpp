@@ -290,32 +290,27 @@ void UseAmxForPackedGemm(bool on) {
   g_amx_packed.store(on && AmxBf16Usable() ? 1 : 0);
 }
 
-namespace {
-// range_fn(b0, b1) for the blocks of w split over the pool (the own kernels' loop: AMX and
-// few-row), each range writing y's columns of its blocks.
-template <typename RangeFn>
-void ForPackedBlocks(const PackedBf16& w, const RangeFn& range_fn) {
-  ParallelFor(w.blocks(), 1, range_fn);
-}
-}  // namespace
-
+// Whole blocks of the packed weights go to each thread of the pool, both in the AMX and the
+// few-row paths below; each writes y's columns of its blocks.
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
   if (n >= kGemmMinRows && AmxForPackedGemm()) {
     const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
-    // A large batch goes through the weights in row chunks whose activations (1 MB of bf16) stay
-    // in L2 while every block passes; otherwise each block streams all of them again. A chunk
-    // re-reads the weights, so fewer than 256 rows per chunk (k > 2048) lose more than they win.
-    // (One thread, 512 rows, this VM: m 5632 x k 2048 rose ~520 -> ~630 GFLOP/s with chunks
-    // of 256 rows; m 2048 x k 5632 fell ~500 -> ~340 with chunks of 64, ~440 with 256.)
+    // A large batch goes through the weights in row chunks whose activations (~1 MB of bf16)
+    // stay in L2 while every block passes; otherwise each block streams all of them again. Each
+    // chunk re-reads the weights, so chunks keep at least 256 rows (none at k > 2048) and the
+    // rows are split evenly. (One thread, 512 rows, this VM: m 5632 x k 2048 rose ~505-520 ->
+    // 585-635 GFLOP/s with chunks of 256 rows; m 2048 x k 5632 fell ~500 -> ~340 with chunks of
+    // 64, ~440 with 256.)
     constexpr size_t kChunkBytes = size_t{1} << 20;
     constexpr int kMinChunkRows = 256;
     const int group = 2 * kAmxTileRows;
-    int chunk = static_cast<int>(kChunkBytes / (kpad * sizeof(uint16_t))) / group * group;
-    if (chunk < kMinChunkRows) chunk = n;
+    const int fit = static_cast<int>(kChunkBytes / (kpad * sizeof(uint16_t))) / group * group;
+    const int chunks = fit < kMinChunkRows ? 1 : std::max(1, n / fit);
+    const int chunk = ((n + chunks - 1) / chunks + group - 1) / group * group;
     for (int r0 = 0; r0 < n; r0 += chunk) {
       const int rows = std::min(chunk, n - r0);
-      ForPackedBlocks(w, [&](int b0, int b1) {
+      ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
         const int o0 = b0 * kPackedRows;
         PackedBf16Amx(xb.data() + static_cast<size_t>(r0) * kpad, rows, kpad, w.block(b0), b1 - b0,
                       y + static_cast<size_t>(r0) * m + o0, m, m - o0);
@@ -337,7 +332,7 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
               &xp[static_cast<size_t>(t) * kpad]);
   const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
-  ForPackedBlocks(w, [&](int b0, int b1) {
+  ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
     for (int b = b0; b < b1; ++b) {
       const int o0 = b * kPackedRows;
       kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));

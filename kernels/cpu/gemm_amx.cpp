@@ -51,8 +51,9 @@ AmxTileConfig Rows32Config(int rows) {
 }
 
 // LDTILECFG costs about a quarter of a 64 KB block's product (k = 512, from L2), so a call loads
-// each configuration only when the row count changes, not per block. `loaded` is the row count
-// whose configuration the tiles hold (0: none yet).
+// a configuration only when the row count changes: once per call where n <= 32 or n is a multiple
+// of 32 (batched decode, most prefill chunks), else twice per block (the last group's and back).
+// `loaded` is the row count whose configuration the tiles hold (0: none yet).
 void Configure(int rows, int* loaded) {
   if (rows == *loaded) return;
   const AmxTileConfig cfg = rows > kAmxTileRows ? Rows32Config(rows) : RowsConfig(rows);
@@ -85,7 +86,8 @@ struct NextBlockPrefetch {
 // eight streams read ~16): tile loads that miss L1 wait, and neither more streams per block nor
 // prefetching further ahead raised it. Tile numbers are immediates in the intrinsics, hence the
 // spelled-out code.
-void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int ldc) {
+void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int ldc,
+               NextBlockPrefetch& next) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -94,6 +96,7 @@ void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int
     const uint16_t* w = block + static_cast<size_t>(kk / 2) * 2 * kPackedRows;  // pairs kk / 2 ..
     const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchSteps * kStepBytes;
     for (int l = 0; l < kStepBytes; l += 64) _mm_prefetch(ahead + l, _MM_HINT_T1);
+    next.Step();
     _tile_loadd(4, x + static_cast<size_t>(kk) * kAmxTileRows, 64);
     _tile_loadd(5, w, 256);
     _tile_dpbf16ps(0, 4, 5);
@@ -116,7 +119,8 @@ void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int
 // g and column tile j (2g + j), 4 and 5 the two groups' activations, 6 and 7 the half's two weight
 // tiles. Each weight tile then serves both groups, and each pass reads its own half of every
 // 256-byte pair row, so the block comes from memory once (the 16-row kernel, run twice, would
-// read it twice). `next` brings the following block to L2 meanwhile (large batches).
+// read it twice). `next` brings the following block to L2 meanwhile (batches over 32 rows), as in
+// BlockRows.
 void BlockRows32(const uint16_t* x, int kpad, const uint16_t* block, float* c, int ldc,
                  NextBlockPrefetch& next) {
   const uint16_t* x1 = x + static_cast<size_t>(kAmxTileRows) * kpad;
@@ -180,7 +184,10 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
   alignas(64) float part[2 * kAmxTileRows * kPackedRows];  // a partial block's sums, copied out
   int loaded = 0;
   const size_t block_bytes = static_cast<size_t>(kpad) * kPackedRows * sizeof(uint16_t);
-  const int steps_per_block = (n + 2 * kAmxTileRows - 1) / (2 * kAmxTileRows) * 2 * (kpad / 32);
+  // Steps over one block: two passes per group of 17-32 rows, one per group of up to 16.
+  const int rest = n % (2 * kAmxTileRows);
+  const int passes = n / (2 * kAmxTileRows) * 2 + (rest > kAmxTileRows ? 2 : rest > 0 ? 1 : 0);
+  const int steps_per_block = passes * (kpad / 32);
   for (int b = 0; b < nblocks; ++b) {
     const uint16_t* block = blocks + static_cast<size_t>(b) * kpad * kPackedRows;
     NextBlockPrefetch next;
@@ -201,7 +208,7 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
       if (rows > kAmxTileRows) {
         BlockRows32(xg, kpad, block, c, ldc, next);
       } else {
-        BlockRows(xg, kpad, block, c, ldc);
+        BlockRows(xg, kpad, block, c, ldc, next);
       }
       if (c == part) {
         for (int r = 0; r < rows; ++r)
