@@ -3,6 +3,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/kernels.h"
 
@@ -88,32 +89,46 @@ __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* g
 
 namespace {
 // out += w[0] * v[0] + ... + w[rows - 1] * v[rows - 1] over d floats, the rows (d apart) added one
-// after another into each element: the order of a row-by-row y += a * x, so the result is the same
-// bitwise, with out's elements kept in registers across the rows.
+// after another into each element, and each element always by the same operation, whatever the
+// alignment and the rows per call: a result depends neither on how the rows are split into calls
+// (the paged blocks) nor on where they lie. (A plain loop let the compiler peel for alignment, and
+// its scalar and vector parts rounded differently: at head_dim 8 the output changed with the block
+// size.) 64 outputs at a time stay in four AVX-512 registers (GCC vector types; the baseline clone
+// spills them, being only a fallback); the last d % 64 go through std::fma.
 __attribute__((target_clones("avx512f", "default"))) void AccumulateRows(const float* w, const float* v,
-                                                                         int rows, int d,
-                                                                         float* __restrict out) {
-  constexpr int kChunk = 64;  // out's elements per pass: four AVX-512 registers
-  for (int i0 = 0; i0 < d; i0 += kChunk) {
-    const int len = std::min(kChunk, d - i0);
-    float acc[kChunk];
-    for (int i = 0; i < len; ++i) acc[i] = out[i0 + i];
+                                                                         int rows, int d, float* out) {
+  using V16 = float __attribute__((vector_size(64)));
+  constexpr size_t kV = sizeof(V16);
+  int i0 = 0;
+  for (; i0 + 64 <= d; i0 += 64) {  // four named sums: GCC keeps an array of them in memory
+    V16 s0, s1, s2, s3;
+    std::memcpy(&s0, out + i0, kV);
+    std::memcpy(&s1, out + i0 + 16, kV);
+    std::memcpy(&s2, out + i0 + 32, kV);
+    std::memcpy(&s3, out + i0 + 48, kV);
     for (int p = 0; p < rows; ++p) {
-      const float a = w[p];
       const float* x = v + static_cast<size_t>(p) * d + i0;
-      for (int i = 0; i < len; ++i) acc[i] += a * x[i];
+      const float a = w[p];
+      V16 x0, x1, x2, x3;
+      std::memcpy(&x0, x, kV);
+      std::memcpy(&x1, x + 16, kV);
+      std::memcpy(&x2, x + 32, kV);
+      std::memcpy(&x3, x + 48, kV);
+      s0 += a * x0;  // contracted to a fused multiply-add where the clone has FMA
+      s1 += a * x1;
+      s2 += a * x2;
+      s3 += a * x3;
     }
-    for (int i = 0; i < len; ++i) out[i0 + i] = acc[i];
+    std::memcpy(out + i0, &s0, kV);
+    std::memcpy(out + i0 + 16, &s1, kV);
+    std::memcpy(out + i0 + 32, &s2, kV);
+    std::memcpy(out + i0 + 48, &s3, kV);
+  }
+  for (int p = 0; p < rows; ++p) {
+    for (int i = i0; i < d; ++i) out[i] = std::fma(w[p], v[static_cast<size_t>(p) * d + i], out[i]);
   }
 }
 
-// A block's rows into L1 ahead of use: the blocks of a paged cache are scattered, and the
-// hardware prefetcher starts over at each one (and at every 4 KB page).
-void PrefetchRows(const float* rows, int n, int d) {
-  const char* p = reinterpret_cast<const char*>(rows);
-  const size_t bytes = static_cast<size_t>(n) * d * sizeof(float);
-  for (size_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 0, 3);
-}
 }  // namespace
 
 void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
@@ -124,9 +139,8 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
   const int nblocks = (npos + block_size - 1) / block_size;
   auto rows_in = [&](int b) { return std::min(block_size, npos - b * block_size); };
   // Scores block by block: a block's keys are rows at a stride of d, so four at a time go through
-  // rows4 (bitwise the single dot, four key streams in flight). The next block is prefetched.
+  // rows4 (bitwise the single dot, four key streams in flight).
   for (int b = 0; b < nblocks; ++b) {
-    if (b + 1 < nblocks) PrefetchRows(k_blocks[b + 1], rows_in(b + 1), d);
     const float* keys = k_blocks[b];
     const int p = b * block_size, n_in = rows_in(b);
     int j = 0;
@@ -136,11 +150,9 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
     }
     for (; j < n_in; ++j) scratch[p + j] = dot(q, keys + static_cast<size_t>(j) * d, d);
   }
-  PrefetchRows(v_blocks[0], rows_in(0), d);
   ScaledSoftmax(scratch, npos, scale);
   std::fill(out, out + d, 0.0f);
   for (int b = 0; b < nblocks; ++b) {
-    if (b + 1 < nblocks) PrefetchRows(v_blocks[b + 1], rows_in(b + 1), d);
     AccumulateRows(&scratch[b * block_size], v_blocks[b], rows_in(b), d, out);
   }
 }
