@@ -261,7 +261,7 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
       for (const bool amx : {true, false}) {
         UseAmxForPackedGemm(amx);
         // 50: a last group of 18 rows after a full one (the AMX tile configuration changes
-        // twice per block); 600 at k = 2048: two row chunks of the AMX path (320 + 280).
+        // twice per block); 600 at k = 2048: two row chunks of the AMX path (288 + 312).
         std::vector<int> ns = {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 50, 70};
         if (c.k == 2048) ns.push_back(600);
         for (int n : ns) {

@@ -298,8 +298,8 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
     // A large batch goes through the weights in row chunks whose activations (~1 MB of bf16)
     // stay in L2 while every block passes; otherwise each block streams all of them again. Each
-    // chunk re-reads the weights, so chunks keep at least 256 rows (none at k > 2048) and the
-    // rows are split evenly. (One thread, 512 rows, this VM: m 5632 x k 2048 rose ~505-520 ->
+    // chunk re-reads the weights, so chunks keep about 256 rows or more (none at k > 2048) and
+    // the rows are split evenly. (One thread, 512 rows, this VM: m 5632 x k 2048 rose ~505-520 ->
     // 585-635 GFLOP/s with chunks of 256 rows; m 2048 x k 5632 fell ~500 -> ~340 with chunks of
     // 64, ~440 with 256.)
     constexpr size_t kChunkBytes = size_t{1} << 20;
@@ -307,9 +307,13 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     const int group = 2 * kAmxTileRows;
     const int fit = static_cast<int>(kChunkBytes / (kpad * sizeof(uint16_t))) / group * group;
     const int chunks = fit < kMinChunkRows ? 1 : std::max(1, n / fit);
-    const int chunk = ((n + chunks - 1) / chunks + group - 1) / group * group;
-    for (int r0 = 0; r0 < n; r0 += chunk) {
-      const int rows = std::min(chunk, n - r0);
+    // Chunk c starts at c / chunks of the rows, rounded down to a row group (AmxTileActivations'
+    // layout), so the chunks differ by at most a group.
+    auto edge = [&](int c) {
+      return c == chunks ? n : static_cast<int>(int64_t{n} * c / chunks) / group * group;
+    };
+    for (int c = 0; c < chunks; ++c) {
+      const int r0 = edge(c), rows = edge(c + 1) - r0;
       ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
         const int o0 = b0 * kPackedRows;
         PackedBf16Amx(xb.data() + static_cast<size_t>(r0) * kpad, rows, kpad, w.block(b0), b1 - b0,
