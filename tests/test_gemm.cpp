@@ -338,5 +338,27 @@ TEST(Gemm, ExpShiftedSumMatchesStdExp) {
   EXPECT_EQ(ExpShiftedSum(&one, 1, 3.5f), 1.0f);
 }
 
+// Softmax of scaled scores against double, with the largest score in the vector part or in the
+// tail (n not a multiple of 16) and large enough that exp overflows unless it is subtracted.
+TEST(Gemm, ScaledSoftmaxMatchesReferenceWhereExpWouldOverflow) {
+  for (int n : {1, 15, 16, 17, 40, 301}) {
+    for (int top : {0, n - 1, n / 2}) {
+      std::vector<float> x = Random(n, n + top, 3.0f);
+      x[top] = 300.0f;
+      if (n > 1) x[(top + 1) % n] = 299.5f;
+      const float scale = 0.5f;
+      std::vector<float> y = x;
+      ScaledSoftmax(y.data(), n, scale);
+      double mx = -1e300, z = 0;
+      for (float v : x) mx = std::max(mx, static_cast<double>(v) * scale);
+      for (float v : x) z += std::exp(static_cast<double>(v) * scale - mx);
+      for (int i = 0; i < n; ++i) {
+        const double want = std::exp(static_cast<double>(x[i]) * scale - mx) / z;
+        ASSERT_NEAR(y[i], want, 1e-6) << "n " << n << " top " << top << " at " << i;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tpserve::kernels

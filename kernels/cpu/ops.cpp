@@ -72,14 +72,37 @@ __attribute__((target_clones("avx512f", "default"))) float ExpShiftedSum(float* 
   return sum;
 }
 
-void ScaledSoftmax(float* x, int n, float scale) {
+namespace {
+// x *= scale, returning the largest x: 16 running maxima in a vector (the maximum does not depend
+// on the order; a single running one keeps the compiler from vectorizing, and so did an array).
+__attribute__((target_clones("avx512f", "default"))) float ScaleAndMax(float* x, int n, float scale) {
+  using V16 = float __attribute__((vector_size(64)));
+  V16 m = V16{} - INFINITY;
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    V16 v;
+    std::memcpy(&v, x + i, sizeof(v));
+    v *= scale;
+    std::memcpy(x + i, &v, sizeof(v));
+    m = v > m ? v : m;
+  }
   float mx = -INFINITY;
-  for (int i = 0; i < n; ++i) {
+  for (; i < n; ++i) {
     x[i] *= scale;
     mx = std::max(mx, x[i]);
   }
-  const float inv = 1.0f / ExpShiftedSum(x, n, mx);
-  for (int i = 0; i < n; ++i) x[i] *= inv;
+  for (int l = 0; l < 16; ++l) mx = std::max(mx, m[l]);
+  return mx;
+}
+
+__attribute__((target_clones("avx512f", "default"))) void Scale(float* x, int n, float s) {
+  for (int i = 0; i < n; ++i) x[i] *= s;
+}
+}  // namespace
+
+void ScaledSoftmax(float* x, int n, float scale) {
+  const float mx = ScaleAndMax(x, n, scale);
+  Scale(x, n, 1.0f / ExpShiftedSum(x, n, mx));
 }
 
 __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* gate, const float* up, int n,
