@@ -97,20 +97,19 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   // independent, and each writes its own cache slots: the pool splits them).
   const float eps = static_cast<float>(c.rms_norm_eps);
   k::ParallelFor(n, kRowGrain, [&](int t0, int t1) {
-    std::vector<float> cos_sin(hd);
     for (int t = t0; t < t1; ++t) {
       const int pos = batch.pos[t];
       SequenceKv& seq = *batch.items[batch.item[t]].seq;
-      RopeTable(pos, cos_sin.data());
+      const float* cos_sin = &batch.rope[static_cast<size_t>(t) * hd];
       for (int hq = 0; hq < nq; ++hq) {
         float* v = q_at(t, hq);
         if (!L.q_norm.empty()) k::RmsNorm(v, L.q_norm.f32(), hd, eps, v);
-        k::RopeRotateHalf(v, hd, cos_sin.data());
+        k::RopeRotateHalf(v, hd, cos_sin);
       }
       for (int hk = 0; hk < nkv; ++hk) {
         float* v = k_at(t, hk);
         if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
-        k::RopeRotateHalf(v, hd, cos_sin.data());
+        k::RopeRotateHalf(v, hd, cos_sin);
         const int32_t block = seq.blocks[pos / bs];
         std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
         std::memcpy(pool.v(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
@@ -232,6 +231,12 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
   }
   const int n = batch.rows();
   if (n == 0) return TPS_ERROR("forward needs at least one sequence");
+  // Rotary tables once per row for all layers (a prompt's rows would otherwise compute the same
+  // cos/sin in every layer).
+  batch.rope.resize(static_cast<size_t>(n) * c.head_dim);
+  k::ParallelFor(n, kRowGrain, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) RopeTable(batch.pos[t], &batch.rope[static_cast<size_t>(t) * c.head_dim]);
+  });
   const int hidden = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   std::vector<float> x(static_cast<size_t>(n) * hidden), h(x.size()), delta(x.size());  // (n, hidden)

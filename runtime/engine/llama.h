@@ -67,6 +67,7 @@ class LlamaModel {
   struct Batch {
     std::vector<ForwardItem> items;
     std::vector<int> first_row, item, pos;
+    std::vector<float> rope;  // (rows, head_dim): each row's RopeTable, the same in every layer
     int rows() const { return static_cast<int>(item.size()); }
   };
   Status Attention(int layer, const Batch& batch, KvCachePool& pool, const float* h, float* out);
