@@ -1,7 +1,5 @@
 #include "cpu/gemm.h"
 
-#include "cpu/aligned.h"
-
 #include <omp.h>
 
 #include <algorithm>
@@ -15,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/aligned.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
