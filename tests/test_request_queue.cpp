@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 
 #include "server/request_queue.h"
@@ -34,6 +35,12 @@ TEST(RequestQueue, RunningRequestWhoseClientIsGoneIsCancelledInTheNextPlan) {
   EXPECT_EQ(second.cancel[0], (*a)->id());
   EXPECT_EQ(finished, 0);  // a client cancel, not a request the gateway finished
   EXPECT_EQ(queue.active(), 1u);
+  // The gateway thread waiting on a's stream is woken at once (it does not poll the client), and
+  // b's is not.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE((*a)->Wait(std::chrono::seconds(10)).client_gone);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_FALSE((*b)->Wait(std::chrono::milliseconds(1)).client_gone);
   // Cancelled once only: the handler's own Cancel afterwards finds nothing left to do.
   queue.Cancel((*a)->id());
   EXPECT_TRUE(queue.TakePlan().cancel.empty());

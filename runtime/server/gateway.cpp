@@ -174,9 +174,10 @@ class TpServeService final : public pb::TpServe::Service {
                    req->has_skip_special_tokens() ? req->skip_special_tokens() : true);
     }
     for (;;) {
-      // Short waits so a client that cancels or disconnects is noticed within a few ms.
-      StreamUpdate up = ch->Wait(std::chrono::milliseconds(5));
-      if (ctx->IsCancelled()) {
+      // The engine wakes this thread when the client cancels or disconnects (client_gone); the
+      // timeout is only a safety net. Polling every few ms instead cost a wake-up per token.
+      StreamUpdate up = ch->Wait(std::chrono::milliseconds(100));
+      if (up.client_gone || ctx->IsCancelled()) {
         sh_.queue->Cancel(ch->id());
         return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       }

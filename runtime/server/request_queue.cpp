@@ -32,9 +32,16 @@ void RequestChannel::Abort(const std::string& message) {
   cv_.notify_all();
 }
 
+void RequestChannel::MarkClientGone() {
+  std::lock_guard<std::mutex> lock(mu_);
+  pending_.client_gone = true;
+  cv_.notify_all();
+}
+
 StreamUpdate RequestChannel::Wait(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [this] { return !pending_.tokens.empty() || pending_.done(); });
+  cv_.wait_for(lock, timeout,
+               [this] { return !pending_.tokens.empty() || pending_.done() || pending_.client_gone; });
   StreamUpdate out = std::move(pending_);
   pending_ = StreamUpdate();
   pending_.time_to_first_token_s = out.time_to_first_token_s;
@@ -89,6 +96,7 @@ StepPlan RequestQueue::TakePlan(int* finished) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = active_.begin(); it != active_.end();) {
     if (it->second->ClientGone()) {
+      it->second->MarkClientGone();
       DropLocked(it->first, /*finished=*/false);
       it = active_.erase(it);
     } else {

@@ -25,7 +25,8 @@ struct StreamUpdate {
   std::vector<int32_t> tokens;
   std::vector<float> logprobs;
   FinishReason finish = FinishReason::kNone;
-  bool aborted = false;  // ended by the server (shutdown) before finishing
+  bool aborted = false;      // ended by the server (shutdown) before finishing
+  bool client_gone = false;  // the engine dropped it: the client cancelled or disconnected
   std::string abort_message;
   double time_to_first_token_s = 0, decode_time_s = 0;
   bool done() const { return finish != FinishReason::kNone || aborted; }
@@ -38,11 +39,13 @@ class RequestChannel {
   // Engine side.
   void Push(const TokenEvent& ev);
   void Abort(const std::string& message);
+  void MarkClientGone();
   // Gateway side: waits up to `timeout` for news; returns what arrived (possibly nothing).
   StreamUpdate Wait(std::chrono::milliseconds timeout);
   // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
   // before every step (RequestQueue::TakePlan), so a cancelled request stops at the next step
-  // boundary rather than at the gateway thread's next wake-up. Reset to nullptr before the RPC's
+  // boundary, and wakes the gateway thread (StreamUpdate::client_gone), which therefore need not
+  // poll the client between tokens. Reset to nullptr before the RPC's
   // context goes away. `gone` runs under the queue's and this channel's locks: it must be cheap
   // and must not call back into either.
   void WatchClient(std::function<bool()> gone);
