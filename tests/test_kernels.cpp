@@ -355,6 +355,55 @@ TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
   }
 }
 
+// Greedy sampling's argmax against a plain scan: the maximum placed in the vector part, in the
+// tail, on every lane, tied across lanes and with the tail, among NaNs and infinities.
+TEST(Kernels, ArgMaxIsTheFirstIndexOfTheMaximum) {
+  auto reference = [](const std::vector<float>& x) {
+    float mx = -INFINITY;
+    for (float v : x) mx = v > mx ? v : mx;  // NaN never compares greater
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (x[i] == mx) return static_cast<int>(i);
+    }
+    return 0;
+  };
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> uni(-4.0f, 4.0f);
+  int checked = 0;
+  for (int n : {0, 1, 2, 15, 16, 17, 31, 33, 47, 64, 100, 1000, 16001, 32003}) {
+    std::vector<float> base(n);
+    for (float& v : base) v = uni(rng);
+    std::vector<std::vector<float>> cases{base};
+    for (int at : {0, n / 2, n - 1, n - n % 16, n - 17}) {  // a clear winner here
+      if (at < 0 || at >= n) continue;
+      cases.push_back(base);
+      cases.back()[at] = 10.0f;
+      for (int tie : {at + 1, at + 16, at + 5, n - 1}) {  // the same value later: first one wins
+        if (tie <= at || tie >= n) continue;
+        cases.push_back(cases[cases.size() - 1]);
+        cases.back()[tie] = 10.0f;
+      }
+    }
+    if (n > 0) {
+      std::vector<float> special(n, -INFINITY);  // no value above -infinity
+      cases.push_back(special);
+      for (float& v : special) v = NAN;
+      cases.push_back(special);  // all NaN
+      special[n - 1] = -INFINITY;
+      cases.push_back(special);  // NaNs, then -infinity in the tail or the vector part
+      std::vector<float> nan_first = base;
+      for (int i = 0; i < n; i += 3) nan_first[i] = NAN;
+      cases.push_back(nan_first);
+      nan_first[n / 3] = INFINITY;
+      cases.push_back(nan_first);
+    }
+    for (const auto& x : cases) {
+      ASSERT_EQ(ArgMax(x.data(), n), reference(x)) << "n " << n << " case " << checked;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 100);
+}
+
 // The same keys and values give bitwise the same output whatever the block size of the paged
 // cache: a sequence's result must not depend on how its positions are split into blocks.
 TEST(Kernels, PagedAttentionHeadDoesNotDependOnTheBlockSize) {

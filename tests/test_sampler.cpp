@@ -1,4 +1,4 @@
-// Sampler: argmax tie rule, parameter validation, and the sampling distribution.
+// Sampler: parameter validation, and the sampling distribution.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,11 +7,6 @@
 
 namespace tpserve {
 namespace {
-
-TEST(Sampler, ArgMaxTakesLowestIndexOnTies) {
-  const float v[] = {1, 3, 3, 2};
-  EXPECT_EQ(ArgMax(v, 4), 1);
-}
 
 TEST(Sampler, ValidateRejectsBadValues) {
   SamplingParams p;

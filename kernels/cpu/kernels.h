@@ -132,6 +132,10 @@ float ExpShiftedSum(float* x, int n, float shift);
 // attention kernels' softmax (per query over its keys).
 void ScaledSoftmax(float* x, int n, float scale);
 
+// First index of the largest of x[0..n) (ties -> lowest index; NaNs never win); 0 when no value
+// exceeds -infinity, unless one equals it (then the first such). Greedy sampling over the logits.
+int ArgMax(const float* x, int n);
+
 // out(n) = silu(gate) * up, silu(g) = g / (1 + exp(-g)), exp as in ExpShiftedSum.
 void SiluMul(const float* gate, const float* up, int n, float* out);
 

@@ -105,6 +105,43 @@ void ScaledSoftmax(float* x, int n, float scale) {
   Scale(x, n, 1.0f / ExpShiftedSum(x, n, mx));
 }
 
+// One pass: 16 lanes, each with its running maximum and the first index where it was reached
+// (strictly greater replaces, so a lane keeps its earliest index); then the lowest index among
+// the lanes that hold the overall maximum, then the tail, whose indices come after all of those.
+__attribute__((target_clones("avx512f", "default"))) int ArgMax(const float* x, int n) {
+  using V16 = float __attribute__((vector_size(64)));
+  using I16 = int32_t __attribute__((vector_size(64)));
+  V16 m = V16{} - INFINITY;
+  I16 at = I16{}, idx = I16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  int i = 0;
+  for (; i + 16 <= n; i += 16, idx += 16) {
+    V16 v;
+    std::memcpy(&v, x + i, sizeof(v));
+    const I16 greater = v > m;
+    m = greater ? v : m;
+    at = greater ? idx : at;
+  }
+  float mx = -INFINITY;
+  int best = -1;
+  for (int l = 0; l < 16; ++l) {
+    if (m[l] > mx || (m[l] == mx && m[l] > -INFINITY && at[l] < best)) {
+      mx = m[l];
+      best = at[l];
+    }
+  }
+  for (; i < n; ++i) {
+    if (x[i] > mx) {
+      mx = x[i];
+      best = i;
+    }
+  }
+  if (best >= 0) return best;
+  for (i = 0; i < n; ++i) {  // nothing above -infinity: the first -infinity, if any
+    if (x[i] == mx) return i;
+  }
+  return 0;
+}
+
 __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* gate, const float* up, int n,
                                                                   float* out) {
   for (int i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + ExpPoly(-gate[i])) * up[i];

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/kernels.h"
+
 namespace tpserve {
 
 const char* FinishReasonName(FinishReason r) {
@@ -39,7 +41,7 @@ struct Candidate {
 static_assert(sizeof(Candidate) == 16, "sent as raw bytes");
 
 Candidate LocalCandidate(const float* logits, int n, int64_t begin, bool want_logprob) {
-  const int local = ArgMax(logits, n);
+  const int local = kernels::ArgMax(logits, n);
   Candidate c{logits[local], static_cast<int32_t>(begin + local), logits[local], 0.0f};
   if (want_logprob) {
     double s = 0.0;

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "cpu/kernels.h"
+
 namespace tpserve {
 
 Status SamplingParams::Validate() const {
@@ -23,23 +25,6 @@ Status SamplingParams::Validate() const {
   return Status();
 }
 
-int ArgMax(const float* logits, int n) {
-  // The maximum through 16 running maxima (a loop the compiler vectorizes), then its first index:
-  // the same answer as a single scan, at batch x vocabulary elements per decode step.
-  float part[16];
-  std::fill(part, part + 16, -INFINITY);
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int l = 0; l < 16; ++l) part[l] = logits[i + l] > part[l] ? logits[i + l] : part[l];
-  }
-  float mx = *std::max_element(part, part + 16);
-  for (; i < n; ++i) mx = logits[i] > mx ? logits[i] : mx;
-  for (i = 0; i < n; ++i) {
-    if (logits[i] == mx) return i;
-  }
-  return 0;  // all NaN (or n == 0)
-}
-
 void ApplyRepetitionPenalty(float* logits, int64_t begin, int n, const std::vector<int32_t>& seen,
                             float penalty) {
   if (penalty == 1.0f) return;
@@ -53,7 +38,7 @@ void ApplyRepetitionPenalty(float* logits, int64_t begin, int n, const std::vect
 }
 
 int SampleToken(const float* logits, int n, const SamplingParams& p, std::mt19937_64& rng) {
-  if (p.greedy()) return ArgMax(logits, n);
+  if (p.greedy()) return kernels::ArgMax(logits, n);
   // Candidates sorted by logit (descending, ties by index so the order is deterministic).
   std::vector<int> idx(n);
   std::iota(idx.begin(), idx.end(), 0);

@@ -24,9 +24,6 @@ struct SamplingParams {
   Status Validate() const;
 };
 
-// First index of the maximum (ties -> lowest index, the same rule the distributed argmax uses).
-int ArgMax(const float* logits, int n);
-
 // HF-style repetition penalty on the logits of `seen` tokens inside [begin, begin + n):
 // positive logits are divided by the penalty, negative ones multiplied. Works on a vocab shard.
 void ApplyRepetitionPenalty(float* logits, int64_t begin, int n, const std::vector<int32_t>& seen,
