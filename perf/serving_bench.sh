@@ -29,11 +29,17 @@ mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --mode
   --max-running-requests 64 ${SERVE_ARGS:-} 2>"$WORK/server.log" &
 server=$!
 for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
+# The load client shares this host's cores with the ranks; as in gateway_bench.sh it runs
+# SCHED_BATCH at nice +5 (CLIENT_LOW_PRIORITY=0: normal priority), so that its wake-ups per token
+# do not preempt a rank: the bench measures the server, not a client that in practice would live
+# on another machine.
+LOW=()
+[ "${CLIENT_LOW_PRIORITY:-1}" = 1 ] && command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
 "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
 : >"$WORK/points.jsonl"
 for rep in $(seq 1 "$REPEATS"); do
   for c in $LEVELS; do
-    "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
+    "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
       --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
   done
 done
@@ -53,7 +59,7 @@ def ratio(a, b):
     return a[16]["output_tokens_per_s"] / a[1]["output_tokens_per_s"] if 16 in a and 1 in a else None
 sweeps = sorted({p["sweep"] for p in pts})
 per_sweep = [ratio({p["concurrency"]: p for p in pts if p["sweep"] == s}, None) for s in sweeps]
-out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
+out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "client": "${LOW[*]:-normal priority} tpserve-cli load on the same host", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
        "max_new_tokens": $TOKENS, "sweeps": len(sweeps), "points": pts, "median": [median[c] for c in levels],
        "tokens_per_s_c16_over_c1": ratio(median, None), "c16_over_c1_per_sweep": per_sweep, "target_ratio": 8.0}
 json.dump(out, open(sys.argv[2], "w"), indent=2)
