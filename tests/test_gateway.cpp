@@ -1,6 +1,7 @@
 // The gRPC gateway end to end: each test starts `mpirun -np N tpserve serve` on a free loopback
 // port (server_harness), talks to it with generated stubs, and stops it with SIGTERM.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -315,6 +316,36 @@ TEST_F(Gateway, IdleRanksDoNotBurnACore) {
   }
   RecordProperty("idle_cpu_seconds_2_ranks_10s", fmt::format("{:.3f}", total));
   EXPECT_LT(total, 0.5) << "2 idle ranks used " << total << " CPU s in 10 s";
+}
+
+// gRPC's threads must not share rank 0's kernel core(s) only: with a core free they would still
+// queue behind rank 0's forward pass (or preempt it). Rank 0's main thread stays bound.
+TEST_F(Gateway, GrpcThreadsAreNotBoundToRankZerosKernelCores) {
+  cpu_set_t mine;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+  if (CPU_COUNT(&mine) < 2) GTEST_SKIP() << "this test needs 2 or more CPUs";
+  ServerProcess server(tiny(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  const pid_t rank0 = server.Info().gateway_pid();
+  auto affinity = [](pid_t tid) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    sched_getaffinity(tid, sizeof(set), &set);
+    return CPU_COUNT(&set);
+  };
+  const int main_cpus = affinity(rank0);
+  if (main_cpus >= CPU_COUNT(&mine)) GTEST_SKIP() << "rank 0 is not bound here, so nothing to compare";
+  int grpc_threads = 0;
+  for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", rank0))) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name == "tpserve") continue;  // the engine's threads (main, pool, MPI's own)
+    ++grpc_threads;
+    const pid_t tid = std::stoi(task.path().filename().string());
+    EXPECT_GT(affinity(tid), main_cpus) << "thread " << name << " is bound like rank 0's kernels";
+  }
+  EXPECT_GT(grpc_threads, 0);
 }
 
 }  // namespace

@@ -357,11 +357,10 @@ void LowerOwnPriority() {
     log::Debug("gateway threads: cannot raise nice");
   }
   // Unbind from rank 0's kernel cores (mpirun's binding, or the thread pool's pin of the main
-  // thread): the kernel keeps the mask within the cgroup's cpuset.
+  // thread): every CPU, which the kernel narrows to those present and allowed by the cpuset.
   cpu_set_t all;
   CPU_ZERO(&all);
-  const long online = sysconf(_SC_NPROCESSORS_ONLN);
-  for (long c = 0; c < online && c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
+  for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &all);
   if (pthread_setaffinity_np(pthread_self(), sizeof(all), &all) != 0) {
     log::Debug("gateway threads: keeping rank 0's CPU binding");
   }
