@@ -318,8 +318,8 @@ TEST_F(Gateway, IdleRanksDoNotBurnACore) {
   EXPECT_LT(total, 0.5) << "2 idle ranks used " << total << " CPU s in 10 s";
 }
 
-// gRPC's threads must not share rank 0's kernel core(s) only: with a core free they would still
-// queue behind rank 0's forward pass (or preempt it). Rank 0's main thread stays bound.
+// gRPC's threads must not be confined to rank 0's kernel core(s): with a core free they would
+// still queue behind rank 0's forward pass (or preempt it). Skipped where rank 0 is not bound.
 TEST_F(Gateway, GrpcThreadsAreNotBoundToRankZerosKernelCores) {
   cpu_set_t mine;
   ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
@@ -327,11 +327,10 @@ TEST_F(Gateway, GrpcThreadsAreNotBoundToRankZerosKernelCores) {
   ServerProcess server(tiny(), 2);
   ASSERT_TRUE(server.ready()) << server.log();
   const pid_t rank0 = server.Info().gateway_pid();
-  auto affinity = [](pid_t tid) {
+  auto affinity = [](pid_t tid) {  // -1: the thread has ended meanwhile
     cpu_set_t set;
     CPU_ZERO(&set);
-    sched_getaffinity(tid, sizeof(set), &set);
-    return CPU_COUNT(&set);
+    return sched_getaffinity(tid, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : -1;
   };
   const int main_cpus = affinity(rank0);
   if (main_cpus >= CPU_COUNT(&mine)) GTEST_SKIP() << "rank 0 is not bound here, so nothing to compare";
@@ -339,11 +338,14 @@ TEST_F(Gateway, GrpcThreadsAreNotBoundToRankZerosKernelCores) {
   for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", rank0))) {
     std::ifstream comm(task.path() / "comm");
     std::string name;
-    std::getline(comm, name);
-    if (name == "tpserve") continue;  // the engine's threads (main, pool, MPI's own)
-    ++grpc_threads;
+    // gRPC 1.51 names its threads (grpcpp_sync_ser, event_engine, default-executo, resolver-execut,
+    // grpc_global_tim, timer_manager); the engine's and MPI's keep the process name.
+    if (!std::getline(comm, name) || name == "tpserve") continue;
     const pid_t tid = std::stoi(task.path().filename().string());
-    EXPECT_GT(affinity(tid), main_cpus) << "thread " << name << " is bound like rank 0's kernels";
+    const int cpus = affinity(tid);
+    if (cpus < 0) continue;  // gRPC ends idle threads on its own
+    ++grpc_threads;
+    EXPECT_GT(cpus, main_cpus) << "thread " << name << " is bound like rank 0's kernels";
   }
   EXPECT_GT(grpc_threads, 0);
 }

@@ -355,8 +355,9 @@ TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
   }
 }
 
-// Greedy sampling's argmax against a plain scan: the maximum placed in the vector part, in the
-// tail, on every lane, tied across lanes and with the tail, among NaNs and infinities.
+// Greedy sampling's argmax against a plain scan: the maximum placed in the vector part (on every
+// lane), in the tail, tied with a later index on every other lane and with the tail, among NaNs
+// and infinities. (This runs the clone that fits the CPU: AVX-512 here.)
 TEST(Kernels, ArgMaxIsTheFirstIndexOfTheMaximum) {
   auto reference = [](const std::vector<float>& x) {
     float mx = -INFINITY;
@@ -381,6 +382,13 @@ TEST(Kernels, ArgMaxIsTheFirstIndexOfTheMaximum) {
         if (tie <= at || tie >= n) continue;
         cases.push_back(cases[cases.size() - 1]);
         cases.back()[tie] = 10.0f;
+      }
+    }
+    for (int lane = 0; n >= 48 && lane < 16; ++lane) {
+      for (int other = 0; other < 16; ++other) {  // a tie later, on each lane (lower ones too)
+        cases.push_back(base);
+        cases.back()[16 + lane] = 10.0f;
+        cases.back()[32 + other] = 10.0f;
       }
     }
     if (n > 0) {

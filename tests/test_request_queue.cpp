@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <thread>
 
 #include "server/request_queue.h"
 
@@ -28,18 +29,26 @@ TEST(RequestQueue, RunningRequestWhoseClientIsGoneIsCancelledInTheNextPlan) {
   ASSERT_EQ(first.add.size(), 2u);
   EXPECT_TRUE(first.cancel.empty());
   a_gone = true;
+  // A gateway thread already waiting on a's stream is woken by the next plan (it does not poll
+  // the client).
+  bool woken_gone = false;
+  auto waited = std::chrono::steady_clock::duration::max();
+  std::thread handler([&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    woken_gone = (*a)->Wait(std::chrono::seconds(10)).client_gone;
+    waited = std::chrono::steady_clock::now() - t0;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it block in Wait
   int finished = -1;
   StepPlan second = queue.TakePlan(&finished);
+  handler.join();
+  EXPECT_TRUE(woken_gone);
+  EXPECT_LT(waited, std::chrono::seconds(5));
   EXPECT_TRUE(second.add.empty());
   ASSERT_EQ(second.cancel.size(), 1u);
   EXPECT_EQ(second.cancel[0], (*a)->id());
   EXPECT_EQ(finished, 0);  // a client cancel, not a request the gateway finished
   EXPECT_EQ(queue.active(), 1u);
-  // The gateway thread waiting on a's stream is woken at once (it does not poll the client), and
-  // b's is not.
-  const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_TRUE((*a)->Wait(std::chrono::seconds(10)).client_gone);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
   EXPECT_FALSE((*b)->Wait(std::chrono::milliseconds(1)).client_gone);
   // Cancelled once only: the handler's own Cancel afterwards finds nothing left to do.
   queue.Cancel((*a)->id());

@@ -1,4 +1,5 @@
-// Element-wise and attention kernels (portable; not on the bandwidth-critical path).
+// Element-wise, attention and sampling (argmax) kernels (portable, some cloned for AVX-512; not on
+// the bandwidth-critical path).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -114,7 +115,7 @@ __attribute__((target_clones("avx512f", "default"))) int ArgMax(const float* x, 
   V16 m = V16{} - INFINITY;
   I16 at = I16{}, idx = I16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   int i = 0;
-  for (; i + 16 <= n; i += 16, idx += 16) {
+  for (; i <= n - 16; i += 16, idx += 16) {
     V16 v;
     std::memcpy(&v, x + i, sizeof(v));
     const I16 greater = v > m;
@@ -124,7 +125,7 @@ __attribute__((target_clones("avx512f", "default"))) int ArgMax(const float* x, 
   float mx = -INFINITY;
   int best = -1;
   for (int l = 0; l < 16; ++l) {
-    if (m[l] > mx || (m[l] == mx && m[l] > -INFINITY && at[l] < best)) {
+    if (m[l] > mx || (m[l] == mx && best >= 0 && at[l] < best)) {
       mx = m[l];
       best = at[l];
     }

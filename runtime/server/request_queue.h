@@ -39,15 +39,15 @@ class RequestChannel {
   // Engine side.
   void Push(const TokenEvent& ev);
   void Abort(const std::string& message);
-  void MarkClientGone();
+  void MarkClientGone();  // the engine dropped the request: wakes Wait with client_gone
   // Gateway side: waits up to `timeout` for news; returns what arrived (possibly nothing).
   StreamUpdate Wait(std::chrono::milliseconds timeout);
   // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
   // before every step (RequestQueue::TakePlan), so a cancelled request stops at the next step
   // boundary, and wakes the gateway thread (StreamUpdate::client_gone), which therefore need not
-  // poll the client between tokens. Reset to nullptr before the RPC's
-  // context goes away. `gone` runs under the queue's and this channel's locks: it must be cheap
-  // and must not call back into either.
+  // poll the client between tokens. Reset to nullptr before the RPC's context goes away. `gone`
+  // runs under the queue's and this channel's locks: it must be cheap and must not call back
+  // into either.
   void WatchClient(std::function<bool()> gone);
   bool ClientGone();
 
