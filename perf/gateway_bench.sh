@@ -6,7 +6,7 @@
 # times; the reported ratio is the median of the per-pair ratios, so machine-speed drift (large
 # on shared 2-core VMs) cancels.
 #
-# Each TP size in NPS is a layout of its own (one kernel thread per rank): with fewer ranks than
+# Each TP size in NPS is a layout of its own (--threads 1 on each rank): with fewer ranks than
 # cores the gateway threads and the client have a core of their own; with as many, every token's
 # gRPC work must come out of the ranks' cores. So the bench also measures the CPU time per token
 # of rank 0's gRPC threads and of the client, and reports the best ratio that this CPU time allows
@@ -23,7 +23,7 @@ REPEATS="${REPEATS:-15}"
 BIN="$BUILD/runtime"
 WORK="$(mktemp -d)"
 server=""
-trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
 rate() { python3 -c 'import json,sys; u=json.load(sys.stdin)["usage"]; print((u["completion_tokens"]-1)/u["decode_time_s"])'; }
@@ -34,22 +34,30 @@ rate() { python3 -c 'import json,sys; u=json.load(sys.stdin)["usage"]; print((u[
 LOW=()
 command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
 
+one_run() {
+  "${MPIRUN[@]}" "$BIN/tpserve" run --model-path "$WORK/model" --threads 1 --prompt-ids 1,2,3 \
+    --max-new-tokens "$TOKENS" --ignore-eos --json 2>/dev/null | rate
+}
+
 # Prints: decode tok/s, rank 0's gRPC-thread CPU ms per token, the client's CPU ms per token
 # (both over the whole request, prefill included).
 one_grpc() {
   python3 - "$port" "$gateway_pid" "$TOKENS" "${LOW[@]}" "$BIN/tpserve-cli" <<'PY'
 import json, os, resource, subprocess, sys
 port, pid, tokens, client = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-def grpc_threads_cpu_s():  # every thread of rank 0 but the engine's own (named "tpserve")
-    total = 0
+def grpc_threads_cpu_s():
+    # Rank 0's whole process (it counts threads that have ended too: gRPC ends idle pollers on its
+    # own; 10 ms ticks) less the engine's long-lived threads (named "tpserve"; ns).
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    process = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    engine = 0
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
             if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "tpserve":
-                continue
-            total += int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
+                engine += int(open(f"/proc/{pid}/task/{t}/schedstat").read().split()[0])
         except OSError:
-            pass  # a thread that ended meanwhile
-    return total / 1e9
+            pass
+    return process - engine / 1e9
 def children_cpu_s():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -65,7 +73,7 @@ out = subprocess.run(client + ["--addr", f"127.0.0.1:{port}", "generate", "--pro
 g1, c1 = grpc_threads_cpu_s(), children_cpu_s()
 u = json.loads(out)["usage"]
 n = u["completion_tokens"]
-print((n - 1) / u["decode_time_s"], (g1 - g0) * 1e3 / n, max(0.0, c1 - c0 - startup) * 1e3 / n)
+print((n - 1) / u["decode_time_s"], max(0.0, g1 - g0) * 1e3 / n, max(0.0, c1 - c0 - startup) * 1e3 / n)
 PY
 }
 
@@ -73,14 +81,10 @@ PY
 for np in $NPS; do
   MPIRUN=(mpirun --oversubscribe --allow-run-as-root -np "$np")
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "${MPIRUN[@]}" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" 2>"$WORK/server.log" &
+  "${MPIRUN[@]}" "$BIN/tpserve" serve --model-path "$WORK/model" --threads 1 --port "$port" 2>"$WORK/server-$np.log" &
   server=$!
   for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
   gateway_pid=$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
-  one_run() {
-    "${MPIRUN[@]}" "$BIN/tpserve" run --model-path "$WORK/model" --prompt-ids 1,2,3 --max-new-tokens "$TOKENS" \
-      --ignore-eos --json 2>/dev/null | rate
-  }
   for i in $(seq 1 "$REPEATS"); do
     if [ $((i % 2)) -eq 1 ]; then r=$(one_run); g=$(one_grpc); else g=$(one_grpc); r=$(one_run); fi
     read -r gr gcpu ccpu <<<"$g"

@@ -21,7 +21,8 @@ ROUNDS="${ROUNDS:-2}"  # requests per stream at each level
 REPEATS="${REPEATS:-3}"  # sweeps over the levels
 BIN="$BUILD/runtime"
 WORK="$(mktemp -d)"
-trap 'kill $server 2>/dev/null || true; rm -rf "$WORK"' EXIT
+server=""
+trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -35,7 +36,7 @@ for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/d
 # on another machine.
 LOW=()
 [ "${CLIENT_LOW_PRIORITY:-1}" = 1 ] && command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
-"$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
+"${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
 : >"$WORK/points.jsonl"
 for rep in $(seq 1 "$REPEATS"); do
   for c in $LEVELS; do
