@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
@@ -267,6 +269,56 @@ TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
       }
     }
   }
+  SetThreads(1);
+}
+
+// ParallelForDynamic: every index once, in chunks of `chunk` (the last may be shorter).
+TEST(Kernels, DynamicThreadPoolCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3, 4}) {
+    SetThreads(threads);
+    for (int total : {0, 1, 5, 16, 43, 1000}) {
+      for (int chunk : {1, 4, 16, 2000}) {
+        for (int rep = 0; rep < 10; ++rep) {
+          std::vector<std::atomic<int>> hits(total);
+          std::atomic<int> misplaced{0};
+          ParallelForDynamic(total, chunk, [&](int b, int e) {
+            if (b % chunk != 0 || (e - b != chunk && e != total) || e <= b) ++misplaced;
+            for (int i = b; i < e; ++i) hits[i]++;
+          });
+          for (int i = 0; i < total; ++i) {
+            ASSERT_EQ(hits[i].load(), 1) << threads << " " << total << " " << chunk << " " << i;
+          }
+          ASSERT_EQ(misplaced.load(), 0) << threads << " threads, total " << total << ", chunk " << chunk;
+        }
+      }
+    }
+  }
+  SetThreads(1);
+}
+
+// A thread held up in its first chunk does not hold up the rest: the first chunk waits until every
+// other chunk is done, which only finishes if the other thread takes them all (with a fixed split,
+// half of them would wait behind the held-up chunk).
+TEST(Kernels, DynamicThreadPoolGivesASlowThreadsShareToTheOthers) {
+  SetThreads(2);
+  constexpr int kChunks = 16;
+  std::atomic<int> done{0};
+  std::atomic<bool> timed_out{false};
+  ParallelForDynamic(kChunks, 1, [&](int b, int) {
+    if (b == 0) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (done.load() < kChunks - 1) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          timed_out = true;
+          break;
+        }
+        std::this_thread::yield();
+      }
+    }
+    ++done;
+  });
+  EXPECT_FALSE(timed_out.load()) << "the other chunks waited for the held-up one";
+  EXPECT_EQ(done.load(), kChunks);
   SetThreads(1);
 }
 

@@ -311,9 +311,14 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     auto edge = [&](int c) {
       return c == chunks ? n : static_cast<int>(int64_t{n} * c / chunks) / group * group;
     };
+    // The threads take the blocks a few at a time (about eight turns each) rather than a fixed
+    // half: on this VM one core's AMX throughput sometimes drops well below the other's for a
+    // while (a 512-token prefill profile once had the worker 2.3x longer in the kernel than the
+    // main thread for the same blocks), and a fixed split then waits for the slow one.
+    const int turn = std::max(1, (w.blocks() + 8 * NumThreads() - 1) / (8 * NumThreads()));
     for (int c = 0; c < chunks; ++c) {
       const int r0 = edge(c), rows = edge(c + 1) - r0;
-      ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
+      ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
         const int o0 = b0 * kPackedRows;
         PackedBf16Amx(xb.data() + static_cast<size_t>(r0) * kpad, rows, kpad, w.block(b0), b1 - b0,
                       y + static_cast<size_t>(r0) * m + o0, m, m - o0);
@@ -335,7 +340,9 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
               &xp[static_cast<size_t>(t) * kpad]);
   const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
-  ParallelFor(w.blocks(), 1, [&](int b0, int b1) {
+  // Blocks taken a few at a time, as in the AMX path above (a block is one kernel call either way).
+  const int turn = std::max(1, (w.blocks() + 8 * NumThreads() - 1) / (8 * NumThreads()));
+  ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
     for (int b = b0; b < b1; ++b) {
       const int o0 = b * kPackedRows;
       kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));

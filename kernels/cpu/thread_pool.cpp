@@ -131,4 +131,21 @@ void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn) 
   });
 }
 
+void ParallelForDynamic(int total, int chunk, const std::function<void(int, int)>& fn) {
+  chunk = std::max(1, chunk);
+  const int chunks = (total + chunk - 1) / chunk;
+  const int threads = std::min(NumThreads(), chunks);
+  if (threads <= 1) {
+    if (total > 0) fn(0, total);
+    return;
+  }
+  std::atomic<int> next{0};
+  g_pool->Run(threads, [&](int) {
+    for (int c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(c * chunk, std::min(total, (c + 1) * chunk));
+    }
+  });
+}
+
 }  // namespace tpserve::kernels

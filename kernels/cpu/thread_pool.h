@@ -20,4 +20,11 @@ int NumThreads();
 // Not reentrant.
 void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn);
 
+// fn(begin, end) over chunks of [0, total) of `chunk` items each (the last may be shorter), which
+// the threads take in turn until none is left: a thread slowed down (a busy SMT sibling, the
+// hypervisor) does fewer of them instead of holding the others up at the end. For long,
+// compute-bound loops; results are the same as ParallelFor's where fn's work per item does not
+// depend on the chunk. Not reentrant.
+void ParallelForDynamic(int total, int chunk, const std::function<void(int, int)>& fn);
+
 }  // namespace tpserve::kernels

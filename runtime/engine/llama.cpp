@@ -149,7 +149,7 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
           std::memcpy(&vals[at], pool.v(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
         }
       }
-      k::ParallelFor(nq, 1, [&](int h0, int h1) {
+      k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {  // heads taken one at a time
         std::vector<float> scratch(static_cast<size_t>(k::kAttentionTileRows) * npos_max);
         for (int hq = h0; hq < h1; ++hq) {
           const size_t kv_at = static_cast<size_t>(kv_of(hq)) * npos_max * hd;
