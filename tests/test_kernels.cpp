@@ -276,15 +276,21 @@ TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
 TEST(Kernels, DynamicThreadPoolCoversEveryIndexOnce) {
   for (int threads : {1, 2, 3, 4}) {
     SetThreads(threads);
+    EXPECT_EQ(NumThreads(), threads);
     for (int total : {0, 1, 5, 16, 43, 1000}) {
       for (int chunk : {1, 4, 16, 2000}) {
+        const int chunks = (total + chunk - 1) / chunk;
+        const int want_calls = threads > 1 && chunks > 1 ? chunks : total > 0 ? 1 : 0;
         for (int rep = 0; rep < 10; ++rep) {
           std::vector<std::atomic<int>> hits(total);
-          std::atomic<int> misplaced{0};
+          std::atomic<int> misplaced{0}, calls{0};
           ParallelForDynamic(total, chunk, [&](int b, int e) {
+            ++calls;
             if (b % chunk != 0 || (e - b != chunk && e != total) || e <= b) ++misplaced;
             for (int i = b; i < e; ++i) hits[i]++;
           });
+          ASSERT_EQ(calls.load(), want_calls)
+              << threads << " threads, total " << total << ", chunk " << chunk;
           for (int i = 0; i < total; ++i) {
             ASSERT_EQ(hits[i].load(), 1) << threads << " " << total << " " << chunk << " " << i;
           }

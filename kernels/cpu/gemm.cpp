@@ -315,10 +315,14 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     // half: on this VM one core's AMX throughput sometimes drops well below the other's for a
     // while (a 512-token prefill profile once had the worker 2.3x longer in the kernel than the
     // main thread for the same blocks), and a fixed split then waits for the slow one.
-    const int turn = std::max(1, (w.blocks() + 8 * NumThreads() - 1) / (8 * NumThreads()));
+    // A turn keeps up to four blocks where the threads still get two turns each or more: each
+    // call loads the tile configuration once and prefetches its next block only within its own.
+    const int threads = NumThreads(), blocks = w.blocks();
+    const int turn = std::max((blocks + 8 * threads - 1) / (8 * threads),
+                              std::min(4, std::max(1, blocks / (2 * threads))));
     for (int c = 0; c < chunks; ++c) {
       const int r0 = edge(c), rows = edge(c + 1) - r0;
-      ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
+      ParallelForDynamic(blocks, turn, [&](int b0, int b1) {
         const int o0 = b0 * kPackedRows;
         PackedBf16Amx(xb.data() + static_cast<size_t>(r0) * kpad, rows, kpad, w.block(b0), b1 - b0,
                       y + static_cast<size_t>(r0) * m + o0, m, m - o0);

@@ -77,8 +77,9 @@ inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
 AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad);
 // PackedBf16Amx multiplies by nblocks consecutive blocks (from `blocks`) at once, so the tile
-// configuration is not reloaded per block; y: the first block's first output column, cols: the
-// valid output columns from there (the last block may be partial).
+// configuration is loaded once per call, not per block, and each block but the call's last
+// prefetches the next; y: the first block's first output column, cols: the valid output columns
+// from there (the last block may be partial).
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, int nblocks, float* y, int ldy,
                    int cols);
 

@@ -1,8 +1,9 @@
 // Threads of one rank for the kernels (`--threads N`): a fixed pool whose workers are pinned to
 // given CPUs and wait for work by spinning briefly, then sleeping, so a decode step's many small
 // matmuls do not pay a wake-up each. ParallelFor splits [0, total) into one contiguous chunk per
-// thread (ParallelForDynamic: fixed-size chunks taken in turns); the calling thread runs chunk 0. Chunks
-// never change per-element arithmetic, so results are bitwise the same at any thread count.
+// thread, the calling thread running chunk 0 (ParallelForDynamic: fixed-size chunks taken in
+// turns). Chunks never change per-element arithmetic, so results are bitwise the same at any
+// thread count.
 #pragma once
 
 #include <functional>
@@ -21,7 +22,8 @@ int NumThreads();
 void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn);
 
 // fn(begin, end) over chunks of [0, total) of `chunk` items each (the last may be shorter), which
-// the threads take in turn until none is left: a thread slowed down (a busy SMT sibling, the
+// the threads take in turn until none is left (one inline call fn(0, total) when one thread or
+// one chunk suffices): a thread slowed down (a busy SMT sibling, the
 // hypervisor) does fewer of them instead of holding the others up at the end. For loops over
 // many independent pieces (weight blocks, attention heads); results are the same as
 // ParallelFor's where fn's work per item does not depend on the chunk. Not reentrant.

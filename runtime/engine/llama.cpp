@@ -150,7 +150,10 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
         }
       }
       k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {  // heads taken one at a time
-        std::vector<float> scratch(static_cast<size_t>(k::kAttentionTileRows) * npos_max);
+        // One scratch per pool thread, kept across calls (AttentionPrefill writes it before reading).
+        thread_local std::vector<float> scratch;
+        const size_t need = static_cast<size_t>(k::kAttentionTileRows) * npos_max;
+        if (scratch.size() < need) scratch.resize(need);
         for (int hq = h0; hq < h1; ++hq) {
           const size_t kv_at = static_cast<size_t>(kv_of(hq)) * npos_max * hd;
           k::AttentionPrefill(q_at(first, hq), static_cast<int>(qkv_dim), rows, pos0, &keys[kv_at],
