@@ -283,6 +283,14 @@ bool AmxForPackedGemm() {
   }
   return v == 1;
 }
+
+// Blocks per turn when the pool's threads take a matrix's blocks in turns (ParallelForDynamic):
+// about eight turns per thread, but `keep` blocks or more where each thread still gets two turns.
+int BlocksPerTurn(int blocks, int keep) {
+  const int threads = NumThreads();
+  return std::max((blocks + 8 * threads - 1) / (8 * threads),
+                  std::min(keep, std::max(1, blocks / (2 * threads))));
+}
 }  // namespace
 
 void UseAmxForPackedGemm(bool on) {
@@ -315,14 +323,12 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     // half: on this VM one core's AMX throughput sometimes drops well below the other's for a
     // while (a 512-token prefill profile once had the worker 2.3x longer in the kernel than the
     // main thread for the same blocks), and a fixed split then waits for the slow one.
-    // A turn keeps up to four blocks where the threads still get two turns each or more: each
-    // call loads the tile configuration once and prefetches its next block only within its own.
-    const int threads = NumThreads(), blocks = w.blocks();
-    const int turn = std::max((blocks + 8 * threads - 1) / (8 * threads),
-                              std::min(4, std::max(1, blocks / (2 * threads))));
+    // A turn keeps up to four blocks: each call loads the tile configuration once and
+    // prefetches its next block only within its own.
+    const int turn = BlocksPerTurn(w.blocks(), 4);
     for (int c = 0; c < chunks; ++c) {
       const int r0 = edge(c), rows = edge(c + 1) - r0;
-      ParallelForDynamic(blocks, turn, [&](int b0, int b1) {
+      ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
         const int o0 = b0 * kPackedRows;
         PackedBf16Amx(xb.data() + static_cast<size_t>(r0) * kpad, rows, kpad, w.block(b0), b1 - b0,
                       y + static_cast<size_t>(r0) * m + o0, m, m - o0);
@@ -344,9 +350,8 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
               &xp[static_cast<size_t>(t) * kpad]);
   const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
-  // Blocks taken a few at a time, as in the AMX path above (a block is one kernel call either way).
-  const int turn = std::max(1, (w.blocks() + 8 * NumThreads() - 1) / (8 * NumThreads()));
-  ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
+  // Blocks taken in turns, as in the AMX path above (a block is one kernel call either way).
+  ParallelForDynamic(w.blocks(), BlocksPerTurn(w.blocks(), 1), [&](int b0, int b1) {
     for (int b = b0; b < b1; ++b) {
       const int o0 = b * kPackedRows;
       kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
