@@ -41,6 +41,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
+  tpserve::kernels::KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
   alignas(64) static uint16_t buf[16 * 32];
   for (auto& v : buf) v = 0x3c00;

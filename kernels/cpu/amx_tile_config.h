@@ -15,4 +15,11 @@ struct alignas(64) AmxTileConfig {
 };
 static_assert(sizeof(AmxTileConfig) == 64, "LDTILECFG reads exactly 64 bytes");
 
+// Call right before _tile_loadconfig(&cfg). GCC 12's builtin does not tell the optimizer that
+// LDTILECFG reads all 64 bytes: in an out-of-line Configure it kept only the palette store and
+// dropped those of rows and colsb as dead, and the next tile instruction raised SIGILL.
+inline void KeepTileConfigStores(const AmxTileConfig& cfg) {
+  asm volatile("" : : "m"(cfg) : "memory");
+}
+
 }  // namespace tpserve::kernels

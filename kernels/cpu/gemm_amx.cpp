@@ -57,6 +57,7 @@ AmxTileConfig Rows32Config(int rows) {
 void Configure(int rows, int* loaded) {
   if (rows == *loaded) return;
   const AmxTileConfig cfg = rows > kAmxTileRows ? Rows32Config(rows) : RowsConfig(rows);
+  KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
   *loaded = rows;
 }
