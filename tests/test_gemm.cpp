@@ -332,6 +332,69 @@ TEST(Gemm, AttentionPrefillMatchesCausalSoftmaxReference) {
   }
 }
 
+// The AMX attention against a double reference over the same bf16-rounded queries, keys and
+// values: what is left is the probabilities' rounding to bf16 (at most 2^-9 of each, so of the
+// output at most 2^-9 of max |v|) and f32 sums. Across 16-row tiles, 64-key groups, d not a
+// multiple of 64, and with row strides; a prompt split into two calls gives the same bits.
+TEST(Gemm, AttentionPrefillAmxMatchesCausalSoftmaxReference) {
+  if (!AmxBf16Usable()) GTEST_SKIP() << "no AMX-BF16 on this CPU (or Linux did not grant the tile state)";
+  auto bf16 = [](std::vector<float> x) {
+    for (float& f : x) f = Bf16ToF32(F32ToBf16(f));
+    return x;
+  };
+  for (int d : {32, 64, 96, 128}) {
+    ASSERT_TRUE(AmxAttentionSupports(d));
+    const int ldq = 3 * d;  // three heads per row: this test reads and writes the middle one
+    for (int pos0 : {0, 5, 100}) {
+      for (int rows : {1, 8, 16, 17, 40}) {
+        const int npos = pos0 + rows;
+        const std::vector<float> q = Random(static_cast<size_t>(rows) * ldq, 1 + rows + d, 2.0f),
+                                 kk = Random(static_cast<size_t>(npos) * d, 2 + npos + d, 2.0f),
+                                 v = Random(static_cast<size_t>(npos) * d, 3 + npos + d);
+        const std::vector<float> qr = bf16(q), kr = bf16(kk), vr = bf16(v);
+        AmxKvTiles kv;
+        PrepareAmxKv(kk.data(), v.data(), npos, d, &kv);
+        std::vector<float> out(static_cast<size_t>(rows) * ldq, 0.0f);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        AttentionPrefillAmx(q.data() + d, ldq, rows, pos0, kv, scale, out.data() + d, ldq);
+        const std::string where =
+            "d " + std::to_string(d) + " pos0 " + std::to_string(pos0) + " rows " + std::to_string(rows);
+        const double vmax = std::abs(*std::max_element(
+            vr.begin(), vr.end(), [](float a, float b) { return std::abs(a) < std::abs(b); }));
+        for (int r = 0; r < rows; ++r) {
+          const int valid = pos0 + r + 1;
+          std::vector<double> s(valid);
+          double mx = -1e300, z = 0;
+          for (int p = 0; p < valid; ++p) {
+            double dot = 0;
+            for (int i = 0; i < d; ++i) dot += static_cast<double>(qr[r * ldq + d + i]) * kr[p * d + i];
+            s[p] = dot * scale;
+            mx = std::max(mx, s[p]);
+          }
+          for (double& x : s) z += (x = std::exp(x - mx));
+          for (int i = 0; i < d; ++i) {
+            double want = 0;
+            for (int p = 0; p < valid; ++p) want += s[p] / z * vr[p * d + i];
+            ASSERT_NEAR(out[r * ldq + d + i], want, 2.5e-3 * vmax) << where << " row " << r << " dim " << i;
+            ASSERT_EQ(out[r * ldq + i], 0.0f) << "wrote into the neighbouring head";
+            ASSERT_EQ(out[r * ldq + 2 * d + i], 0.0f) << "wrote into the neighbouring head";
+          }
+        }
+        // Chunked: the first `split` rows, then the rest at their positions, with the same keys.
+        const int split = rows / 2 + 1;
+        if (split < rows) {
+          std::vector<float> chunked(out.size(), 0.0f);
+          AttentionPrefillAmx(q.data() + d, ldq, split, pos0, kv, scale, chunked.data() + d, ldq);
+          AttentionPrefillAmx(q.data() + static_cast<size_t>(split) * ldq + d, ldq, rows - split,
+                              pos0 + split, kv, scale, chunked.data() + static_cast<size_t>(split) * ldq + d,
+                              ldq);
+          ASSERT_EQ(std::memcmp(chunked.data(), out.data(), out.size() * sizeof(float)), 0) << where;
+        }
+      }
+    }
+  }
+}
+
 TEST(Gemm, ExpShiftedSumMatchesStdExp) {
   for (float top : {10.0f, 88.0f}) {  // the sum is checked where it stays finite
     std::vector<float> x;

@@ -23,11 +23,13 @@ namespace {
 constexpr int kArchReqXcompPerm = 0x1023;
 constexpr int kXfeatureXtiledata = 18;
 
+// AMX-BF16 and AMX-TILE, and AVX512-BF16 for the attention's conversions (every CPU with AMX so far
+// has it).
 bool ProbeAmx() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   const bool amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
-  if (!amx_bf16 || !amx_tile) return false;
+  if (!amx_bf16 || !amx_tile || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1)) return false;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
@@ -157,6 +159,15 @@ void BlockRows32(const uint16_t* x, int kpad, const uint16_t* block, float* c, i
   }
 }
 
+// One tile row of bf16 from 32 floats, those from `valid` on as zeros (not read). VCVTNE2PS2BF16
+// rounds to nearest even, as F32ToBf16 does, but flushes denormals to zero.
+__attribute__((target("avx512f,avx512bf16"))) void Bf16TileRow(const float* src, int valid, uint16_t* dst) {
+  auto mask = [](int n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); };
+  const __m512 lo = _mm512_maskz_loadu_ps(mask(valid), src),
+               hi = _mm512_maskz_loadu_ps(mask(valid - 16), src + 16);
+  _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+}
+
 }  // namespace
 
 bool AmxBf16Usable() {
@@ -214,6 +225,119 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
       if (c == part) {
         for (int r = 0; r < rows; ++r)
           std::memcpy(yb + static_cast<size_t>(r0 + r) * ldy, part + r * kPackedRows, valid * sizeof(float));
+      }
+    }
+  }
+  _tile_release();
+}
+
+void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out) {
+  const int padded = (keys + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+  const int dsteps = d / 32, dcols = d / 16;
+  out->keys = keys, out->d = d;
+  out->kt.assign(static_cast<size_t>(padded) * d, 0);
+  out->vt.assign(static_cast<size_t>(padded) * d, 0);
+  // kt tile (key block jb, dims 32 ds ..): element (pair p, key j, e) is dim 32 ds + 2p + e of key 16 jb + j.
+  std::vector<uint16_t> row(d);
+  for (int j = 0; j < keys; ++j) {
+    ConvertDType(k + static_cast<size_t>(j) * d, DType::kF32, row.data(), DType::kBF16, d);
+    uint16_t* tiles = &out->kt[static_cast<size_t>(j / 16) * dsteps * 512 + (j % 16) * 2];
+    for (int c = 0; c < d; c += 2) std::memcpy(&tiles[(c / 32) * 512 + (c % 32 / 2) * 32], &row[c], 4);
+  }
+  // vt tile (keys 32 js .., dims 16 cb ..): element (pair p, dim c, e) is dim 16 cb + c of key 32 js + 2p +
+  // e.
+  for (int j = 0; j < keys; ++j) {
+    ConvertDType(v + static_cast<size_t>(j) * d, DType::kF32, row.data(), DType::kBF16, d);
+    uint16_t* tiles = &out->vt[static_cast<size_t>(j / 32) * dcols * 512 + (j % 32 / 2) * 32 + j % 2];
+    for (int c = 0; c < d; ++c) tiles[(c / 16) * 512 + (c % 16) * 2] = row[c];
+  }
+}
+
+void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxKvTiles& kv, float scale,
+                         float* out, int ldo) {
+  const int d = kv.d, dsteps = d / 32, dcols = d / 16;
+  // Per thread, kept across calls: the query tiles, the scores and the probability tiles of 16 rows.
+  thread_local AlignedVector<uint16_t> qa, pa;
+  thread_local AlignedVector<float> s;
+  const int max_keys = (pos0 + rows + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+  qa.resize(static_cast<size_t>(dsteps) * 512);
+  pa.resize(static_cast<size_t>(max_keys / 32) * 512);
+  s.resize(static_cast<size_t>(kAmxTileRows) * max_keys);
+  int loaded = 0;
+  for (int r0 = 0; r0 < rows; r0 += kAmxTileRows) {
+    const int nt = std::min(kAmxTileRows, rows - r0), keys = pos0 + r0 + nt;
+    const int groups = (keys + kAmxKeyBlock - 1) / kAmxKeyBlock, ld = groups * kAmxKeyBlock;
+    const int ksteps = (keys + 31) / 32;
+    Configure(nt, &loaded);
+    for (int r = 0; r < nt; ++r) {
+      const float* row = q + static_cast<size_t>(r0 + r) * ldq;
+      for (int ds = 0; ds < dsteps; ++ds)
+        Bf16TileRow(row + ds * 32, 32, &qa[static_cast<size_t>(ds) * 512 + r * 32]);
+    }
+    // Scores of 64 keys at a time: tiles 0-3 the four 16-key blocks, 4 the queries, 5 and 6 the keys.
+    const size_t s_stride = static_cast<size_t>(ld) * sizeof(float);
+    for (int g = 0; g < groups; ++g) {
+      const uint16_t* kt = &kv.kt[static_cast<size_t>(4 * g) * dsteps * 512];
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int ds = 0; ds < dsteps; ++ds) {
+        _tile_loadd(4, &qa[static_cast<size_t>(ds) * 512], 64);
+        _tile_loadd(5, kt + static_cast<size_t>(0 * dsteps + ds) * 512, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, kt + static_cast<size_t>(1 * dsteps + ds) * 512, 64);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, kt + static_cast<size_t>(2 * dsteps + ds) * 512, 64);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(6, kt + static_cast<size_t>(3 * dsteps + ds) * 512, 64);
+        _tile_dpbf16ps(3, 4, 6);
+      }
+      float* sg = &s[static_cast<size_t>(g) * kAmxKeyBlock];
+      _tile_stored(0, sg, s_stride);
+      _tile_stored(1, sg + 16, s_stride);
+      _tile_stored(2, sg + 32, s_stride);
+      _tile_stored(3, sg + 48, s_stride);
+    }
+    // Causal softmax per row in f32, then the probabilities as bf16 tiles of 32 keys (zeros past
+    // the row's own position, so the keys it may not see add exact zeros).
+    for (int r = 0; r < nt; ++r) {
+      float* row = &s[static_cast<size_t>(r) * ld];
+      const int valid = pos0 + r0 + r + 1;
+      ScaledSoftmax(row, valid, scale);
+      for (int js = 0; js < ksteps; ++js) {
+        Bf16TileRow(row + js * 32, valid - js * 32, &pa[static_cast<size_t>(js) * 512 + r * 32]);
+      }
+    }
+    // Outputs 64 dims at a time (32 for the last of d = 32 * odd): tiles 0-3 the 16-dim blocks,
+    // 4 the probabilities, 5 and 6 the values.
+    for (int c0 = 0; c0 < d; c0 += 64) {
+      const bool four = d - c0 >= 64;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int js = 0; js < ksteps; ++js) {
+        const uint16_t* vt = &kv.vt[(static_cast<size_t>(js) * dcols + c0 / 16) * 512];
+        _tile_loadd(4, &pa[static_cast<size_t>(js) * 512], 64);
+        _tile_loadd(5, vt, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, vt + 512, 64);
+        _tile_dpbf16ps(1, 4, 6);
+        if (four) {
+          _tile_loadd(5, vt + 1024, 64);
+          _tile_dpbf16ps(2, 4, 5);
+          _tile_loadd(6, vt + 1536, 64);
+          _tile_dpbf16ps(3, 4, 6);
+        }
+      }
+      float* o = out + static_cast<size_t>(r0) * ldo + c0;
+      const size_t o_stride = static_cast<size_t>(ldo) * sizeof(float);
+      _tile_stored(0, o, o_stride);
+      _tile_stored(1, o + 16, o_stride);
+      if (four) {
+        _tile_stored(2, o + 32, o_stride);
+        _tile_stored(3, o + 48, o_stride);
       }
     }
   }

@@ -83,6 +83,27 @@ AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpa
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, int nblocks, float* y, int ldy,
                    int cols);
 
+// One KV head's keys and values, rounded to bf16, as the AMX B tiles of AttentionPrefillAmx, zeros past
+// `keys` (padded to kAmxKeyBlock): kt holds per 16 keys and 32 dims the keys' dims in pairs (for S = Q K^T),
+// vt per 32 keys and 16 dims the values in pairs of keys (for O = P V).
+inline constexpr int kAmxKeyBlock = 64;
+struct AmxKvTiles {
+  AlignedVector<uint16_t> kt, vt;
+  int keys = 0, d = 0;
+};
+// k, v: keys x d contiguous; d a multiple of 32 (AmxAttentionSupports).
+void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out);
+inline bool AmxAttentionSupports(int d) {
+  return d > 0 && d % 32 == 0;
+}
+// AttentionPrefill (gemm.h) on AMX-BF16 tiles, only where AmxBf16Usable(), 16 query rows at a time:
+// queries and probabilities rounded to bf16 (denormals to zero), scores, softmax and sums in f32.
+// kv from PrepareAmxKv over pos0 + rows keys or more.
+// A row's result depends only on its own query, position and the keys before it, not on the rows
+// sharing its call: a prompt prefilled in chunks gets the same bits.
+void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxKvTiles& kv, float scale,
+                         float* out, int ldo);
+
 struct CpuKernelTable {
   const char* isa = "portable";
   DotFn dot[kNumDTypes] = {};      // indexed by DType (float dtypes)
