@@ -273,6 +273,8 @@ void PackedBf16::Unpack(uint16_t* w) const {
 
 namespace {
 std::atomic<int> g_amx_packed{-1};  // -1: not decided yet (on first use: TPSERVE_AMX, the CPU)
+}  // namespace
+
 bool AmxForPackedGemm() {
   int v = g_amx_packed.load(std::memory_order_relaxed);
   if (v < 0) {
@@ -284,6 +286,7 @@ bool AmxForPackedGemm() {
   return v == 1;
 }
 
+namespace {
 // Blocks per turn when the pool's threads take a matrix's blocks in turns (ParallelForDynamic):
 // about eight turns per thread, but `keep` blocks or more where each thread still gets two turns.
 int BlocksPerTurn(int blocks, int keep) {

@@ -74,9 +74,11 @@ class PackedBf16 {
 // Our AMX kernel against oneDNN 2.6's on the 2-core VM: 16-64 rows (batched decode) stream the
 // weights 1.3-2x as fast (perf/matvec_bench --rows), a 512-token prefill runs ~8% faster.
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
-// Whether MatmulPacked takes PackedBf16Amx (never where !AmxBf16Usable()). On by default, unless
-// the environment says TPSERVE_AMX=0 (A/B benchmarks); tests switch it to cover both paths.
+// Whether MatmulPacked takes PackedBf16Amx (never where !AmxBf16Usable()), and with it prefill
+// attention AttentionPrefillAmx (kernels.h). On by default, unless the environment says
+// TPSERVE_AMX=0 (A/B benchmarks); tests switch it to cover both paths.
 void UseAmxForPackedGemm(bool on);
+bool AmxForPackedGemm();
 
 inline constexpr int kAttentionTileRows = 64;
 

@@ -122,6 +122,10 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   auto kv_of = [&](int hq) { return static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin); };
   float* attn = Grow(scratch_.attn, static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
+  // Prefill attention on AMX where the projections run there (packed bf16 weights): it rounds
+  // queries and probabilities to bf16, as those GEMMs round their activations.
+  const bool amx_attention =
+      L.qkv.packed() != nullptr && k::AmxForPackedGemm() && k::AmxAttentionSupports(hd);
   // Decode rows (every row in deterministic mode) are gathered here and run in one pool dispatch
   // after the loop; `table` is where their sequence's block pointers start in kb/vb.
   struct DecodeRow {
@@ -148,6 +152,24 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
           std::memcpy(&keys[at], pool.k(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
           std::memcpy(&vals[at], pool.v(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
         }
+      }
+      if (amx_attention) {
+        // As the projections' AMX GEMMs, in bf16 (f32 scores and softmax): each KV head's tiles
+        // once, then the query heads.
+        std::vector<k::AmxKvTiles> tiles(nkv);
+        k::ParallelFor(nkv, 1, [&](int h0, int h1) {
+          for (int hk = h0; hk < h1; ++hk) {
+            const size_t at = static_cast<size_t>(hk) * npos_max * hd;
+            k::PrepareAmxKv(&keys[at], &vals[at], npos_max, hd, &tiles[hk]);
+          }
+        });
+        k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {
+          for (int hq = h0; hq < h1; ++hq) {
+            k::AttentionPrefillAmx(q_at(first, hq), static_cast<int>(qkv_dim), rows, pos0, tiles[kv_of(hq)],
+                                   scale, &attn[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd);
+          }
+        });
+        continue;
       }
       k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {  // heads taken one at a time
         // One scratch per pool thread, kept across calls (AttentionPrefill writes it before reading).
