@@ -294,6 +294,25 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
   SetThreads(1);
 }
 
+// Double reference of one query's causal attention: softmax(scale q.k) over keys 0..valid-1
+// (k, v: rows of d), then the weighted sum of the values.
+std::vector<double> AttentionReference(const float* q, const std::vector<float>& k,
+                                       const std::vector<float>& v, int d, int valid, double scale) {
+  std::vector<double> s(valid), out(d, 0.0);
+  double mx = -1e300, z = 0;
+  for (int p = 0; p < valid; ++p) {
+    double dot = 0;
+    for (int i = 0; i < d; ++i) dot += static_cast<double>(q[i]) * k[static_cast<size_t>(p) * d + i];
+    s[p] = dot * scale;
+    mx = std::max(mx, s[p]);
+  }
+  for (double& x : s) z += (x = std::exp(x - mx));
+  for (int p = 0; p < valid; ++p) {
+    for (int i = 0; i < d; ++i) out[i] += s[p] / z * v[static_cast<size_t>(p) * d + i];
+  }
+  return out;
+}
+
 // Causal attention of a prefill chunk (rows at positions pos0..) against a double softmax
 // reference, across the query-tile boundary and with row strides, as the engine calls it.
 TEST(Gemm, AttentionPrefillMatchesCausalSoftmaxReference) {
@@ -310,20 +329,10 @@ TEST(Gemm, AttentionPrefillMatchesCausalSoftmaxReference) {
       AttentionPrefill(q.data() + d, ldq, rows, pos0, kk.data(), v.data(), d, scale, out.data() + d, ldq,
                        scratch.data());
       for (int r = 0; r < rows; ++r) {
-        const int valid = pos0 + r + 1;
-        std::vector<double> s(valid);
-        double mx = -1e300, z = 0;
-        for (int p = 0; p < valid; ++p) {
-          double dot = 0;
-          for (int i = 0; i < d; ++i) dot += static_cast<double>(q[r * ldq + d + i]) * kk[p * d + i];
-          s[p] = dot / std::sqrt(static_cast<double>(d));
-          mx = std::max(mx, s[p]);
-        }
-        for (double& x : s) z += (x = std::exp(x - mx));
+        const std::vector<double> want = AttentionReference(&q[r * ldq + d], kk, v, d, pos0 + r + 1,
+                                                            1.0 / std::sqrt(static_cast<double>(d)));
         for (int i = 0; i < d; ++i) {
-          double want = 0;
-          for (int p = 0; p < valid; ++p) want += s[p] / z * v[p * d + i];
-          ASSERT_NEAR(out[r * ldq + d + i], want, 2e-6)
+          ASSERT_NEAR(out[r * ldq + d + i], want[i], 2e-6)
               << "pos0 " << pos0 << " rows " << rows << " row " << r;
           ASSERT_EQ(out[r * ldq + i], 0.0f) << "wrote into the neighbouring head";
         }
@@ -362,20 +371,11 @@ TEST(Gemm, AttentionPrefillAmxMatchesCausalSoftmaxReference) {
         const double vmax = std::abs(*std::max_element(
             vr.begin(), vr.end(), [](float a, float b) { return std::abs(a) < std::abs(b); }));
         for (int r = 0; r < rows; ++r) {
-          const int valid = pos0 + r + 1;
-          std::vector<double> s(valid);
-          double mx = -1e300, z = 0;
-          for (int p = 0; p < valid; ++p) {
-            double dot = 0;
-            for (int i = 0; i < d; ++i) dot += static_cast<double>(qr[r * ldq + d + i]) * kr[p * d + i];
-            s[p] = dot * scale;
-            mx = std::max(mx, s[p]);
-          }
-          for (double& x : s) z += (x = std::exp(x - mx));
+          const std::vector<double> want =
+              AttentionReference(&qr[r * ldq + d], kr, vr, d, pos0 + r + 1, scale);
           for (int i = 0; i < d; ++i) {
-            double want = 0;
-            for (int p = 0; p < valid; ++p) want += s[p] / z * vr[p * d + i];
-            ASSERT_NEAR(out[r * ldq + d + i], want, 2.5e-3 * vmax) << where << " row " << r << " dim " << i;
+            ASSERT_NEAR(out[r * ldq + d + i], want[i], 2.5e-3 * vmax)
+                << where << " row " << r << " dim " << i;
             ASSERT_EQ(out[r * ldq + i], 0.0f) << "wrote into the neighbouring head";
             ASSERT_EQ(out[r * ldq + 2 * d + i], 0.0f) << "wrote into the neighbouring head";
           }
