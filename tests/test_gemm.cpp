@@ -351,7 +351,7 @@ TEST(Gemm, AttentionPrefillAmxMatchesCausalSoftmaxReference) {
     for (float& f : x) f = Bf16ToF32(F32ToBf16(f));
     return x;
   };
-  for (int d : {32, 64, 96, 128}) {
+  for (int d : {32, 64, 96, 128, 256}) {
     ASSERT_TRUE(AmxAttentionSupports(d));
     const int ldq = 3 * d;  // three heads per row: this test reads and writes the middle one
     for (int pos0 : {0, 5, 100}) {

@@ -97,10 +97,11 @@ inline bool AmxAttentionSupports(int d) {
   return d > 0 && d % 32 == 0;
 }
 // AttentionPrefill (gemm.h) on AMX-BF16 tiles, only where AmxBf16Usable(), 16 query rows at a time:
-// queries and probabilities rounded to bf16 (denormals to zero), scores, softmax and sums in f32.
-// kv from PrepareAmxKv over pos0 + rows keys or more.
-// A row's result depends only on its own query, position and the keys before it, not on the rows
-// sharing its call: a prompt prefilled in chunks gets the same bits.
+// queries, keys, values and probabilities rounded to bf16 (the probabilities' denormals to zero),
+// scores, softmax and sums in f32. kv from PrepareAmxKv over pos0 + rows keys or more.
+// A row's result depends only on its own query, position and the keys before it (for finite values:
+// it multiplies later keys' values by exact zeros), not on the rows sharing its call: a prompt
+// prefilled in chunks gets the same bits.
 void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxKvTiles& kv, float scale,
                          float* out, int ldo);
 
