@@ -8,6 +8,8 @@
 #include <cpuid.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -245,8 +247,8 @@ void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* o
     uint16_t* tiles = &out->kt[static_cast<size_t>(j / 16) * dsteps * 512 + (j % 16) * 2];
     for (int c = 0; c < d; c += 2) std::memcpy(&tiles[(c / 32) * 512 + (c % 32 / 2) * 32], &row[c], 4);
   }
-  // vt tile (keys 32 js .., dims 16 cb ..): element (pair p, dim c, e) is dim 16 cb + c of key 32 js + 2p +
-  // e.
+  // vt tile (keys 32 js .., dims 16 cb ..): element (pair p, dim c, e) is dim 16 cb + c of key
+  // 32 js + 2p + e.
   for (int j = 0; j < keys; ++j) {
     ConvertDType(v + static_cast<size_t>(j) * d, DType::kF32, row.data(), DType::kBF16, d);
     uint16_t* tiles = &out->vt[static_cast<size_t>(j / 32) * dcols * 512 + (j % 32 / 2) * 32 + j % 2];
@@ -257,6 +259,11 @@ void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* o
 void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxKvTiles& kv, float scale,
                          float* out, int ldo) {
   const int d = kv.d, dsteps = d / 32, dcols = d / 16;
+  if (kv.keys < pos0 + rows || !AmxAttentionSupports(d)) {  // a caller's bug: the tiles would be overrun
+    std::fprintf(stderr, "AttentionPrefillAmx: %d keys of dim %d for rows up to position %d\n", kv.keys, d,
+                 pos0 + rows);
+    std::abort();
+  }
   // Per thread, kept across calls: the query tiles, the scores and the probability tiles of 16 rows.
   thread_local AlignedVector<uint16_t> qa, pa;
   thread_local AlignedVector<float> s;

@@ -97,8 +97,8 @@ inline bool AmxAttentionSupports(int d) {
   return d > 0 && d % 32 == 0;
 }
 // AttentionPrefill (gemm.h) on AMX-BF16 tiles, only where AmxBf16Usable(), 16 query rows at a time:
-// queries, keys, values and probabilities rounded to bf16 (the probabilities' denormals to zero),
-// scores, softmax and sums in f32. kv from PrepareAmxKv over pos0 + rows keys or more.
+// queries, keys, values and probabilities rounded to bf16 (queries' and probabilities' denormals to
+// zero: AVX512-BF16), scores, softmax and sums in f32. kv from PrepareAmxKv over pos0 + rows keys or more.
 // A row's result depends only on its own query, position and the keys before it (for finite values:
 // it multiplies later keys' values by exact zeros), not on the rows sharing its call: a prompt
 // prefilled in chunks gets the same bits.

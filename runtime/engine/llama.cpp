@@ -123,7 +123,8 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   auto kv_of = [&](int hq) { return static_cast<int>((s.q_heads.begin + hq) / g - s.kv_heads.begin); };
   float* attn = Grow(scratch_.attn, static_cast<size_t>(n) * nq * hd);  // (n, nq, hd)
   // Prefill attention on AMX where the projections run there (packed bf16 weights): it rounds
-  // queries, keys, values and probabilities to bf16, as those GEMMs round their activations.
+  // queries, keys, values and probabilities to bf16, as those GEMMs round their activations
+  // (flushing denormal queries and probabilities to zero, which they do not).
   const bool amx_attention =
       L.qkv.packed() != nullptr && k::AmxForPackedGemm() && k::AmxAttentionSupports(hd);
   // Decode rows (every row in deterministic mode) are gathered here and run in one pool dispatch
