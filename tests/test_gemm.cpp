@@ -204,7 +204,8 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
       const auto [kpad, wf, block] = MakeTestBlock(cols, k);
       for (int n : {1, 8, 15, 16, 17, 24, 33, 64}) {
         const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
-        const AlignedVector<uint16_t> xb = AmxTileActivations(x.data(), n, k, kpad);
+        AlignedVector<uint16_t> xb(7, 0xffff);  // the call resizes it and writes every element
+        AmxTileActivations(x.data(), n, k, kpad, &xb);
         ASSERT_EQ(reinterpret_cast<uintptr_t>(xb.data()) % 64, 0u);
         ASSERT_EQ(xb.size(), static_cast<size_t>((n + 15) / 16 * 16) * kpad);
         // The tile order, from its definition: row t, input c at group t / 16, tile c / 32.

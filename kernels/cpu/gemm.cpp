@@ -305,7 +305,11 @@ void UseAmxForPackedGemm(bool on) {
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   const int m = w.rows(), k = w.cols(), kpad = w.padded_cols();
   if (n >= kGemmMinRows && AmxForPackedGemm()) {
-    const AlignedVector<uint16_t> xb = AmxTileActivations(x, n, k, kpad);
+    // The calling thread's buffer, kept between calls; named through a reference, since the pool
+    // threads that read it inside the lambdas below have thread_locals of their own.
+    thread_local AlignedVector<uint16_t> activations;
+    AlignedVector<uint16_t>& xb = activations;
+    AmxTileActivations(x, n, k, kpad, &xb);
     // A large batch goes through the weights in row chunks whose activations (~1 MB of bf16)
     // stay in L2 while every block passes; otherwise each block streams all of them again. Each
     // chunk re-reads the weights, so chunks keep about 256 rows or more (none at k > 2048) and

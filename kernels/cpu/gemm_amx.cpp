@@ -178,20 +178,22 @@ bool AmxBf16Usable() {
   return usable;
 }
 
-AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad) {
+void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<uint16_t>* out) {
   const int groups = (n + kAmxTileRows - 1) / kAmxTileRows;
-  AlignedVector<uint16_t> out(static_cast<size_t>(groups) * kAmxTileRows * kpad, 0);
-  ParallelFor(n, 1, [&](int t0, int t1) {
-    std::vector<uint16_t> row(kpad, 0);
+  out->resize(static_cast<size_t>(groups) * kAmxTileRows * kpad);  // kept between calls: no refill
+  uint16_t* tiles = out->data();
+  // Each row straight into its tile rows (zeros past k), 32 inputs per conversion; the last
+  // group's rows past n are zeros.
+  ParallelFor(groups * kAmxTileRows, 1, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
-      ConvertDType(x + static_cast<size_t>(t) * k, DType::kF32, row.data(), DType::kBF16, k);
-      uint16_t* group = &out[static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad];
+      const float* row = x + static_cast<size_t>(t) * k;
+      uint16_t* at =
+          tiles + static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad + (t % kAmxTileRows) * 32;
       for (int kk = 0; kk < kpad; kk += 32) {
-        std::memcpy(group + static_cast<size_t>(kk) * kAmxTileRows + (t % kAmxTileRows) * 32, &row[kk], 64);
+        Bf16TileRow(row + kk, t < n ? k - kk : 0, at + static_cast<size_t>(kk) * kAmxTileRows);
       }
     }
   });
-  return out;
 }
 
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, int nblocks, float* y, int ldy,

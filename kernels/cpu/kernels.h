@@ -68,14 +68,15 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
 // The same block product on AMX-BF16 tiles, for 8 rows and more (batched decode, where the
 // AVX-512 FMAs cannot keep up with the weight stream, and prefill), with bf16 activations and f32
 // sums; 32 rows per pass over the block. Only where AmxBf16Usable(): the CPU has AMX-BF16 and
-// Linux granted this process the tile state (the first call asks for it). x comes from AmxTileActivations:
-// activation rows in groups of kAmxTileRows, each group as kpad / 32 dense tiles of kAmxTileRows x 32 bf16
-// (zeros past n and k), 64-byte aligned. Dense tiles, because a tile loaded from rows at a 4 KB stride (k =
+// Linux granted this process the tile state (the first call asks for it). x comes from AmxTileActivations
+// (into *out, resized, every element written; AVX512-BF16 rounding, denormals to zero): activation rows in
+// groups of kAmxTileRows, each group as kpad / 32 dense tiles of kAmxTileRows x 32 bf16 (zeros past n and
+// k), 64-byte aligned. Dense tiles, because a tile loaded from rows at a 4 KB stride (k =
 // 2048) puts all 16 lines in one L1 set, more than its ways; aligned, because a tile row that straddles two
 // cache lines made every tile load ~6x slower (a probe on this VM: ~20 against ~3 ns).
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
-AlignedVector<uint16_t> AmxTileActivations(const float* x, int n, int k, int kpad);
+void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<uint16_t>* out);
 // PackedBf16Amx multiplies by nblocks consecutive blocks (from `blocks`) at once, so the tile
 // configuration is loaded once per call, not per block, and each block but the call's last
 // prefetches the next; y: the first block's first output column, cols: the valid output columns
