@@ -171,6 +171,12 @@ __attribute__((target("avx512f,avx512bf16"))) void Bf16TileRow(const float* src,
   _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
 }
 
+// Keys rounded up to whole 64-key groups: the tiles PrepareAmxKv writes, and the most that
+// AttentionPrefillAmx's score rows span.
+int PaddedKeys(int keys) {
+  return (keys + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+}
+
 }  // namespace
 
 bool AmxBf16Usable() {
@@ -186,7 +192,7 @@ void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<ui
   // group's rows past n are zeros.
   ParallelFor(groups * kAmxTileRows, 1, [&](int t0, int t1) {
     for (int t = t0; t < t1; ++t) {
-      const float* row = x + static_cast<size_t>(t) * k;
+      const float* row = t < n ? x + static_cast<size_t>(t) * k : x;  // padding rows read nothing
       uint16_t* at =
           tiles + static_cast<size_t>(t / kAmxTileRows) * kAmxTileRows * kpad + (t % kAmxTileRows) * 32;
       for (int kk = 0; kk < kpad; kk += 32) {
@@ -237,7 +243,7 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
 }
 
 void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out) {
-  const int padded = (keys + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+  const int padded = PaddedKeys(keys);
   const int dsteps = d / 32, dcols = d / 16;
   out->keys = keys, out->d = d;
   out->kt.assign(static_cast<size_t>(padded) * d, 0);
@@ -269,14 +275,14 @@ void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxK
   // Per thread, kept across calls: the query tiles, the scores and the probability tiles of 16 rows.
   thread_local AlignedVector<uint16_t> qa, pa;
   thread_local AlignedVector<float> s;
-  const int max_keys = (pos0 + rows + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+  const int max_keys = PaddedKeys(pos0 + rows);
   qa.resize(static_cast<size_t>(dsteps) * 512);
   pa.resize(static_cast<size_t>(max_keys / 32) * 512);
   s.resize(static_cast<size_t>(kAmxTileRows) * max_keys);
   int loaded = 0;
   for (int r0 = 0; r0 < rows; r0 += kAmxTileRows) {
     const int nt = std::min(kAmxTileRows, rows - r0), keys = pos0 + r0 + nt;
-    const int groups = (keys + kAmxKeyBlock - 1) / kAmxKeyBlock, ld = groups * kAmxKeyBlock;
+    const int ld = PaddedKeys(keys), groups = ld / kAmxKeyBlock;
     const int ksteps = (keys + 31) / 32;
     Configure(nt, &loaded);
     for (int r = 0; r < nt; ++r) {
