@@ -391,7 +391,7 @@ TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
         }
         auto k_at = [&](int p, int i) { return kb[p / block_size][(p % block_size) * d + i]; };
         auto v_at = [&](int p, int i) { return vb[p / block_size][(p % block_size) * d + i]; };
-        std::vector<float> out(d), scratch(npos);
+        std::vector<float> out(d), scratch(AttentionScratchFloats(1, npos, d));
         const float scale = 1.0f / std::sqrt(static_cast<float>(d));
         AttentionHead(q.data(), kb.data(), vb.data(), npos, block_size, d, scale, scratch.data(), out.data());
         std::vector<double> s(npos);
@@ -492,7 +492,7 @@ TEST(Kernels, PagedAttentionHeadDoesNotDependOnTheBlockSize) {
           kb[b] = kpool[b].data();
           vb[b] = vpool[b].data();
         }
-        std::vector<float> out(d), scratch(npos);
+        std::vector<float> out(d), scratch(AttentionScratchFloats(1, npos, d));
         AttentionHead(q.data(), kb.data(), vb.data(), npos, block_size, d, 0.125f, scratch.data(),
                       out.data());
         if (first.empty()) {
@@ -502,6 +502,44 @@ TEST(Kernels, PagedAttentionHeadDoesNotDependOnTheBlockSize) {
         for (int i = 0; i < d; ++i) {
           ASSERT_EQ(out[i], first[i])
               << "npos " << npos << " d " << d << " block " << block_size << " at " << i;
+        }
+      }
+    }
+  }
+}
+
+// The query heads of a GQA group in one call (each KV block read once for them) give bitwise each
+// head's own AttentionHead output, whatever the group size, the block size and the head dim.
+TEST(Kernels, GroupedAttentionHeadsEqualEachHeadAlone) {
+  for (int g : {1, 2, 3, 8}) {
+    for (int d : {8, 24, 64, 80}) {
+      for (int block_size : {3, 16}) {
+        const int npos = 37, nblocks = (npos + block_size - 1) / block_size;
+        const std::vector<float> q = Random(static_cast<size_t>(g) * d, 21, 2.0f),
+                                 kpool = Random(static_cast<size_t>(nblocks) * block_size * d, 22, 2.0f),
+                                 vpool = Random(kpool.size(), 23);
+        std::vector<const float*> kb(nblocks), vb(nblocks), qs(g);
+        for (int b = 0; b < nblocks; ++b) {
+          const size_t slot = static_cast<size_t>(nblocks - 1 - b) * block_size * d;  // reversed order
+          kb[b] = kpool.data() + slot;
+          vb[b] = vpool.data() + slot;
+        }
+        std::vector<float> out(static_cast<size_t>(g) * d, NAN), scratch(AttentionScratchFloats(g, npos, d));
+        std::vector<float*> outs(g);
+        for (int h = 0; h < g; ++h) {
+          qs[h] = q.data() + static_cast<size_t>(h) * d;
+          outs[h] = out.data() + static_cast<size_t>(h) * d;
+        }
+        AttentionHeads(qs.data(), g, kb.data(), vb.data(), npos, block_size, d, 0.2f, scratch.data(),
+                       outs.data());
+        for (int h = 0; h < g; ++h) {
+          std::vector<float> alone(d), scratch1(AttentionScratchFloats(1, npos, d));
+          AttentionHead(qs[h], kb.data(), vb.data(), npos, block_size, d, 0.2f, scratch1.data(),
+                        alone.data());
+          for (int i = 0; i < d; ++i) {
+            ASSERT_EQ(outs[h][i], alone[i])
+                << "g " << g << " d " << d << " block " << block_size << " head " << h;
+          }
         }
       }
     }

@@ -166,9 +166,18 @@ void SiluMul(const float* gate, const float* up, int n, float* out);
 // Causal attention of one query head against the first npos cached keys/values of its KV head,
 // stored in fixed-size blocks (a paged KV cache): block b holds positions
 // [b * block_size, (b + 1) * block_size) as block_size rows of d floats.
-//   q: (d)   k_blocks[b], v_blocks[b]: (block_size, d)   out: (d)   scratch: >= npos floats
+//   q: (d)   k_blocks[b], v_blocks[b]: (block_size, d)   out: (d)
+//   scratch: AttentionScratchFloats(1, npos, d) floats
 // Softmax is max-subtracted; scale = 1/sqrt(d) is passed in. A contiguous cache is one block.
+// A head's output is bitwise the same whatever the block size and whatever heads share its call.
 void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
                    int block_size, int d, float scale, float* scratch, float* out);
+
+// AttentionHead for the g query heads q[0..g) that share one KV head (grouped-query attention),
+// out[h] = AttentionHead(q[h], ...) bitwise: each key and value block is read from memory once for
+// the group. scratch: AttentionScratchFloats(g, npos, d) floats.
+void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
+                    int npos, int block_size, int d, float scale, float* scratch, float* const* out);
+size_t AttentionScratchFloats(int g, int npos, int d);
 
 }  // namespace tpserve::kernels

@@ -192,30 +192,133 @@ __attribute__((target_clones("avx512f", "default"))) void AccumulateRows(const f
 
 }  // namespace
 
-void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
-                   int block_size, int d, float scale, float* scratch, float* out) {
-  const CpuKernelTable& kt = ActiveKernels();
-  const DotFn dot = kt.dot[static_cast<int>(DType::kF32)];
-  const Rows4Fn rows4 = kt.rows4[static_cast<int>(DType::kF32)];
+namespace {
+using V16 = float __attribute__((vector_size(64)));
+
+// Lane sums of v[0..n), v[j]'s into s[j] (v[n..16) are zeros), by the same tree for every j: lanes i and i +
+// 8, then i and i + 4, i and i + 2, i and i + 1 (the shuffles only route values). A key's score thus does not
+// depend on which of the 16 slots it takes, so neither on the block size nor on its neighbours.
+__attribute__((always_inline)) inline void SumLanes16(const V16* v, int n, float* s) {
+  V16 u[8], w[4], x[2];
+  for (int m = 0; m < 8; ++m) {
+    u[m] = __builtin_shufflevector(v[2 * m], v[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                                   23) +
+           __builtin_shufflevector(v[2 * m], v[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28,
+                                   29, 30, 31);
+  }
+  for (int m = 0; m < 4; ++m) {
+    w[m] = __builtin_shufflevector(u[2 * m], u[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25,
+                                   26, 27) +
+           __builtin_shufflevector(u[2 * m], u[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29,
+                                   30, 31);
+  }
+  for (int m = 0; m < 2; ++m) {
+    x[m] = __builtin_shufflevector(w[2 * m], w[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25,
+                                   28, 29) +
+           __builtin_shufflevector(w[2 * m], w[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27,
+                                   30, 31);
+  }
+  const V16 sums =
+      __builtin_shufflevector(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+      __builtin_shufflevector(x[0], x[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  std::memcpy(s, &sums, sizeof(float) * n);
+}
+
+// One key's 16 lane sums of q * key over d in chunks of 16 (the last chunk reads the key only up
+// to d; q is zero-padded to a multiple of 16).
+__attribute__((always_inline)) inline void KeyLanes(const float* q, const float* key, int d, V16* lanes) {
+  constexpr size_t kV = sizeof(V16);
+  V16 a{};
+  int c = 0;
+  for (; c + 16 <= d; c += 16) {
+    V16 qc, kc;
+    std::memcpy(&qc, q + c, kV);
+    std::memcpy(&kc, key + c, kV);
+    a += qc * kc;  // contracted to a fused multiply-add where the clone has FMA
+  }
+  if (c < d) {
+    V16 qc, kc{};
+    std::memcpy(&qc, q + c, kV);
+    std::memcpy(&kc, key + c, sizeof(float) * (d - c));
+    a += qc * kc;
+  }
+  *lanes = a;
+}
+
+// s[j] = q . keys[j] for j < n <= 16 keys (rows d apart): per key KeyLanes, then SumLanes16, so
+// each score is one fixed sequence of operations. Four keys at a time in named sums (four
+// independent chains in registers; GCC keeps an array of sums in memory).
+__attribute__((target_clones("avx512f", "default"))) void KeyScores16(const float* q, const float* keys,
+                                                                      int n, int d, float* s) {
+  constexpr size_t kV = sizeof(V16);
+  V16 lanes[16] = {};
+  int j = 0;
+  if (d % 16 == 0) {
+    for (; j + 4 <= n; j += 4) {
+      const float* k0 = keys + static_cast<size_t>(j) * d;
+      const float *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+      V16 a0{}, a1{}, a2{}, a3{};
+      for (int c = 0; c < d; c += 16) {  // KeyLanes for four keys
+        V16 qc, x0, x1, x2, x3;
+        std::memcpy(&qc, q + c, kV);
+        std::memcpy(&x0, k0 + c, kV);
+        std::memcpy(&x1, k1 + c, kV);
+        std::memcpy(&x2, k2 + c, kV);
+        std::memcpy(&x3, k3 + c, kV);
+        a0 += qc * x0;
+        a1 += qc * x1;
+        a2 += qc * x2;
+        a3 += qc * x3;
+      }
+      lanes[j] = a0;
+      lanes[j + 1] = a1;
+      lanes[j + 2] = a2;
+      lanes[j + 3] = a3;
+    }
+  }
+  for (; j < n; ++j) KeyLanes(q, keys + static_cast<size_t>(j) * d, d, &lanes[j]);
+  SumLanes16(lanes, n, s);
+}
+}  // namespace
+
+size_t AttentionScratchFloats(int g, int npos, int d) {
+  return static_cast<size_t>(g) * (npos + (d + 15) / 16 * 16);
+}
+
+void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
+                    int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
+  const int dp = (d + 15) / 16 * 16;
+  float* qpad = scratch + static_cast<size_t>(g) * npos;  // (g, dp): the queries, zero-padded
+  for (int h = 0; h < g; ++h) {
+    std::copy(q[h], q[h] + d, qpad + static_cast<size_t>(h) * dp);
+    std::fill(qpad + static_cast<size_t>(h) * dp + d, qpad + static_cast<size_t>(h + 1) * dp, 0.0f);
+  }
+  auto scores = [&](int h) { return scratch + static_cast<size_t>(h) * npos; };
   const int nblocks = (npos + block_size - 1) / block_size;
   auto rows_in = [&](int b) { return std::min(block_size, npos - b * block_size); };
-  // Scores block by block: a block's keys are rows at a stride of d, so four at a time go through
-  // rows4 (bitwise the single dot, four key streams in flight).
+  // 16 keys at a time for every head of the group: the keys come from memory once, then from L1.
   for (int b = 0; b < nblocks; ++b) {
-    const float* keys = k_blocks[b];
     const int p = b * block_size, n_in = rows_in(b);
-    int j = 0;
-    if (rows4 != nullptr) {
-      for (; j + 4 <= n_in; j += 4)
-        rows4(q, keys + static_cast<size_t>(j) * d, sizeof(float) * d, d, &scratch[p + j]);
+    for (int j = 0; j < n_in; j += 16) {
+      const float* keys = k_blocks[b] + static_cast<size_t>(j) * d;
+      for (int h = 0; h < g; ++h) {
+        KeyScores16(qpad + static_cast<size_t>(h) * dp, keys, std::min(16, n_in - j), d, scores(h) + p + j);
+      }
     }
-    for (; j < n_in; ++j) scratch[p + j] = dot(q, keys + static_cast<size_t>(j) * d, d);
   }
-  ScaledSoftmax(scratch, npos, scale);
-  std::fill(out, out + d, 0.0f);
-  for (int b = 0; b < nblocks; ++b) {
-    AccumulateRows(&scratch[b * block_size], v_blocks[b], rows_in(b), d, out);
+  for (int h = 0; h < g; ++h) {
+    ScaledSoftmax(scores(h), npos, scale);
+    std::fill(out[h], out[h] + d, 0.0f);
   }
+  for (int b = 0; b < nblocks; ++b) {  // a block's values, likewise once from memory
+    for (int h = 0; h < g; ++h)
+      AccumulateRows(scores(h) + b * block_size, v_blocks[b], rows_in(b), d, out[h]);
+  }
+}
+
+void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,
+                   int block_size, int d, float scale, float* scratch, float* out) {
+  AttentionHeads(&q, 1, k_blocks, v_blocks, npos, block_size, d, scale, scratch, &out);
 }
 
 }  // namespace tpserve::kernels

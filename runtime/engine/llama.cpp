@@ -196,16 +196,29 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     for (int r = 0; r < rows; ++r) decode_rows.push_back({first + r, table, nblocks});
     decode_npos_max = std::max(decode_npos_max, npos_max);
   }
-  // One query at a time over its sequence's paged blocks: bitwise independent of the batch.
-  k::ParallelFor(static_cast<int>(decode_rows.size()) * nq, 4, [&](int j0, int j1) {
-    std::vector<float> scratch(decode_npos_max);
+  // Per decode row and local KV head, the query heads that share it in one call (each key and value
+  // block read once for them), each over its sequence's paged blocks: bitwise what it would be
+  // alone, so independent of the batch.
+  std::vector<std::vector<int>> heads_of(nkv);  // local query heads per local KV head
+  for (int hq = 0; hq < nq; ++hq) heads_of[kv_of(hq)].push_back(hq);
+  int g_max = 0;
+  for (const auto& h : heads_of) g_max = std::max(g_max, static_cast<int>(h.size()));
+  k::ParallelFor(static_cast<int>(decode_rows.size()) * nkv, 2, [&](int j0, int j1) {
+    std::vector<float> scratch(k::AttentionScratchFloats(g_max, decode_npos_max, hd));
+    std::vector<const float*> qs(g_max);
+    std::vector<float*> outs(g_max);
     for (int j = j0; j < j1; ++j) {
-      const DecodeRow& d = decode_rows[j / nq];
-      const int hq = j % nq;
+      const DecodeRow& d = decode_rows[j / nkv];
+      const int hk = j % nkv, g_here = static_cast<int>(heads_of[hk].size());
+      if (g_here == 0) continue;
+      for (int i = 0; i < g_here; ++i) {
+        qs[i] = q_at(d.t, heads_of[hk][i]);
+        outs[i] = &attn[(static_cast<size_t>(d.t) * nq + heads_of[hk][i]) * hd];
+      }
       const int npos = batch.pos[d.t] + 1;  // causal: keys 0..pos of its own sequence
-      const size_t kv_at = d.table + static_cast<size_t>(kv_of(hq)) * d.nblocks;
-      k::AttentionHead(q_at(d.t, hq), &kb[kv_at], &vb[kv_at], npos, bs, hd, scale, scratch.data(),
-                       &attn[(static_cast<size_t>(d.t) * nq + hq) * hd]);
+      const size_t kv_at = d.table + static_cast<size_t>(hk) * d.nblocks;
+      k::AttentionHeads(qs.data(), g_here, &kb[kv_at], &vb[kv_at], npos, bs, hd, scale, scratch.data(),
+                        outs.data());
     }
   });
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.
