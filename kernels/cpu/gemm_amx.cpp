@@ -67,6 +67,10 @@ void Configure(int rows, int* loaded) {
   *loaded = rows;
 }
 
+// Up to this many inputs (32 rows x 512 bf16 = 32 KB of activation tiles), batches of 128
+// rows and more go through the weights group by group (PackedBf16Amx; at 64 rows it was no faster).
+constexpr int kGroupsOuterMaxK = 512;
+
 // How far ahead the weights are prefetched: the hardware prefetcher stops at every 4 KB page,
 // and one 32-input step reads exactly 4 KB of a block.
 constexpr int kPrefetchSteps = 2;
@@ -247,32 +251,51 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
   static_assert(kStepBytes == 4096, "PageStreams walks 4 KB steps");
   PageStreams streams;
   if (n <= kAmxTileRows) streams.Start(blocks, static_cast<int64_t>(nblocks) * (kpad / 32));
-  for (int b = 0; b < nblocks; ++b) {
+  // One group of up to 32 rows against block b, the tiles' sums into y.
+  auto group_block = [&](int r0, int b, NextBlockPrefetch& next) {
     const uint16_t* block = blocks + static_cast<size_t>(b) * kpad * kPackedRows;
-    NextBlockPrefetch next;
-    if (n > 2 * kAmxTileRows && b + 1 < nblocks) {
-      next.at = reinterpret_cast<const char*>(block) + block_bytes;
-      next.end = next.at + block_bytes;
-      next.per_step = static_cast<int>((block_bytes / 64 + steps_per_block - 1) / steps_per_block);
-    }
     float* yb = y + static_cast<size_t>(b) * kPackedRows;
     const int valid = std::min(kPackedRows, cols - b * kPackedRows);
+    const int rows = std::min(n - r0, 2 * kAmxTileRows);
+    const uint16_t* xg = x + static_cast<size_t>(r0) * kpad;
+    // A full block's tiles go straight into y; a partial one's through `part`.
+    float* c = valid == kPackedRows ? yb + static_cast<size_t>(r0) * ldy : part;
+    const int ldc = valid == kPackedRows ? ldy : kPackedRows;
+    Configure(rows, &loaded);
+    if (rows > kAmxTileRows) {
+      BlockRows32(xg, kpad, block, c, ldc, next);
+    } else {
+      BlockRows(xg, kpad, block, c, ldc, next, n <= kAmxTileRows ? &streams : nullptr);
+    }
+    if (c == part) {
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(yb + static_cast<size_t>(r0 + r) * ldy, part + r * kPackedRows, valid * sizeof(float));
+    }
+  };
+  auto next_block = [&](int b, int steps) {  // block b + 1 to L2 over `steps` steps of block b
+    NextBlockPrefetch next;
+    if (b + 1 < nblocks) {
+      next.at = reinterpret_cast<const char*>(blocks + static_cast<size_t>(b + 1) * kpad * kPackedRows);
+      next.end = next.at + block_bytes;
+      next.per_step = static_cast<int>((block_bytes / 64 + steps - 1) / steps);
+    }
+    return next;
+  };
+  if (n >= 4 * 2 * kAmxTileRows && kpad <= kGroupsOuterMaxK) {
+    // Short rows: each group's activation tiles (<= 32 KB) stay in L1 while it passes every block
+    // of the call, the weights coming from L2 (the call's blocks, at most a few hundred KB here,
+    // stay there after the first group). Block-major, both operands would stream from L2.
     for (int r0 = 0; r0 < n; r0 += 2 * kAmxTileRows) {
-      const int rows = std::min(n - r0, 2 * kAmxTileRows);
-      const uint16_t* xg = x + static_cast<size_t>(r0) * kpad;
-      // A full block's tiles go straight into y; a partial one's through `part`.
-      float* c = valid == kPackedRows ? yb + static_cast<size_t>(r0) * ldy : part;
-      const int ldc = valid == kPackedRows ? ldy : kPackedRows;
-      Configure(rows, &loaded);
-      if (rows > kAmxTileRows) {
-        BlockRows32(xg, kpad, block, c, ldc, next);
-      } else {
-        BlockRows(xg, kpad, block, c, ldc, next, n <= kAmxTileRows ? &streams : nullptr);
+      const int steps = (n - r0 > kAmxTileRows ? 2 : 1) * (kpad / 32);
+      for (int b = 0; b < nblocks; ++b) {
+        NextBlockPrefetch next = r0 == 0 ? next_block(b, steps) : NextBlockPrefetch{};
+        group_block(r0, b, next);
       }
-      if (c == part) {
-        for (int r = 0; r < rows; ++r)
-          std::memcpy(yb + static_cast<size_t>(r0 + r) * ldy, part + r * kPackedRows, valid * sizeof(float));
-      }
+    }
+  } else {
+    for (int b = 0; b < nblocks; ++b) {
+      NextBlockPrefetch next = n > 2 * kAmxTileRows ? next_block(b, steps_per_block) : NextBlockPrefetch{};
+      for (int r0 = 0; r0 < n; r0 += 2 * kAmxTileRows) group_block(r0, b, next);
     }
   }
   _tile_release();
