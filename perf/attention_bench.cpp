@@ -1,7 +1,8 @@
 // Decode attention, one thread: the query heads of each GQA group in one call (AttentionHeads, as
 // the engine runs them) against one call per head (AttentionHead), interleaved in one run, over a
-// paged f32 KV cache of `seqs` sequences larger than L2. Reports us per layer and the ratio.
-//   attention_bench [--seqs 16] [--npos 64] [--kv-heads 2] [--group 2] [--head-dim 64] [--reps 15]
+// paged f32 KV cache of `seqs` sequences (the defaults: 4 MB, twice this CPU's L2, as the KV of a
+// decode step comes from memory after its weights). Reports us per layer and the ratio.
+//   attention_bench [--seqs 64] [--npos 64] [--kv-heads 2] [--group 2] [--head-dim 64] [--reps 15]
 //   -> one JSON line
 #include <algorithm>
 #include <chrono>
@@ -18,7 +19,7 @@
 namespace k = tpserve::kernels;
 
 int main(int argc, char** argv) {
-  int seqs = 16, npos = 64, nkv = 2, g = 2, d = 64, reps = 15;
+  int seqs = 64, npos = 64, nkv = 2, g = 2, d = 64, reps = 15;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -38,6 +39,10 @@ int main(int argc, char** argv) {
       std::cerr << "unknown flag " << a << "\n";
       return 2;
     }
+  }
+  if (g < 1 || g > 64 || seqs < 1 || npos < 1 || nkv < 1 || d < 1 || reps < 1) {
+    std::cerr << "--group must be 1..64, the other values at least 1\n";
+    return 2;
   }
   constexpr int kBlock = 16;
   const int nblocks = (npos + kBlock - 1) / kBlock;
@@ -79,10 +84,6 @@ int main(int argc, char** argv) {
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e6;
   };
-  if (g < 1 || g > 64) {
-    std::cerr << "--group must be 1..64\n";
-    return 2;
-  }
   std::vector<double> grouped, single, ratio;
   for (int r = 0; r < reps; ++r) {
     const double a = layer(true), b = layer(false);

@@ -271,6 +271,9 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
         // twice per block); 600 at k = 2048: two row chunks of the AMX path (288 + 312).
         std::vector<int> ns = {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 50, 70};
         if (c.k == 2048) ns.push_back(600);
+        // 130 and 160 at k <= 512: the AMX kernel's group-by-group order (a last group of 2 rows,
+        // and partial blocks, at 130).
+        if (c.k <= 512 && c.m >= 37) ns.insert(ns.end(), {130, 160});
         for (int n : ns) {
           const std::vector<float> x = Random(static_cast<size_t>(n) * c.k, n + 5);
           std::vector<float> y(static_cast<size_t>(n) * c.m);

@@ -67,9 +67,12 @@ void Configure(int rows, int* loaded) {
   *loaded = rows;
 }
 
-// Up to this many inputs (32 rows x 512 bf16 = 32 KB of activation tiles), batches of 128
-// rows and more go through the weights group by group (PackedBf16Amx; at 64 rows it was no faster).
+// Batches of kGroupsOuterMinRows rows and more, with up to kGroupsOuterMaxK inputs (32 rows x 512
+// bf16 = 32 KB of activation tiles, for L1) and calls of up to kGroupsOuterMaxBytes of weights
+// (for L2), go through the weights group by group (PackedBf16Amx; at 64 rows it was no faster).
+constexpr int kGroupsOuterMinRows = 128;
 constexpr int kGroupsOuterMaxK = 512;
+constexpr size_t kGroupsOuterMaxBytes = size_t{512} << 10;
 
 // How far ahead the weights are prefetched: the hardware prefetcher stops at every 4 KB page,
 // and one 32-input step reads exactly 4 KB of a block.
@@ -91,11 +94,10 @@ struct NextBlockPrefetch {
 // For batches of up to 16 rows (one pass per block, so the call walks its blocks' 4 KB steps in
 // order): while the kernel works through the 8 steps of one group, the next group's 8 steps are
 // brought to L2 as 8 streams side by side, 8 lines of each per step. Prefetching each step's 4 KB
-// whole, 2 steps ahead (as for larger batches), reads ~10 GB/s on this VM: one page at a time, about
-// one stream's rate; 8 pages in flight read 1.05-1.3x that (standalone 16-row pass over 16-23 MB
-// of weights, interleaved), though still short of 8 plain load streams (1.5-2x).
+// whole, 2 steps ahead (as for larger batches), one page at a time, read about one stream's rate
+// (matvec_bench --threads 1 --rows 16: 8.2-8.8 GB/s); with 8 pages in flight 13.7-15.3.
 struct PageStreams {
-  static constexpr int kPages = 8, kLinesPerStep = 64 / kPages;
+  static constexpr int kLines = kStepBytes / 64, kPages = 8, kLinesPerStep = kLines / kPages;
   const char* base = nullptr;  // the call's first block
   int64_t pages = 0;           // 4 KB steps in the call's blocks
   int64_t page = 0;            // the step the kernel is on
@@ -104,14 +106,16 @@ struct PageStreams {
     pages = total_pages;
     page = 0;
     for (int64_t p = 0; p < std::min<int64_t>(kPages, pages); ++p) {  // the first group at once
-      for (int l = 0; l < 64; ++l) _mm_prefetch(base + p * 4096 + l * 64, _MM_HINT_T1);
+      for (int l = 0; l < kLines; ++l) _mm_prefetch(base + p * kStepBytes + l * 64, _MM_HINT_T1);
     }
   }
   void Step() {
     const int64_t group_next = (page / kPages + 1) * kPages;
     const int line0 = static_cast<int>(page % kPages) * kLinesPerStep;
     for (int64_t p = group_next; p < std::min(group_next + kPages, pages); ++p) {
-      for (int l = line0; l < line0 + kLinesPerStep; ++l) _mm_prefetch(base + p * 4096 + l * 64, _MM_HINT_T1);
+      for (int l = line0; l < line0 + kLinesPerStep; ++l) {
+        _mm_prefetch(base + p * kStepBytes + l * 64, _MM_HINT_T1);
+      }
     }
     ++page;
   }
@@ -120,11 +124,8 @@ struct PageStreams {
 // rows (<= 16) activation rows, as one group of AmxTileActivations, x one block: sums into c
 // (rows x 64 f32, row stride ldc); the tiles configured by RowsConfig(rows). Each 32-input step
 // loads the activation tile and the four weight tiles (two tile registers in turn) for the four
-// products. Single-threaded on the 2-core VM, at 16 rows, it reads weights from memory at about
-// the rate of one stream of plain loads (8-10 GB/s; matvec_bench --threads 1: the 1-row kernel's
-// eight streams read ~16): tile loads that miss L1 wait, and neither more streams per block nor
-// prefetching further ahead raised it. Tile numbers are immediates in the intrinsics, hence the
-// spelled-out code.
+// products. Batches of up to 16 rows bring the weights to L2 through `streams` (PageStreams), others
+// 2 steps ahead. Tile numbers are immediates in the intrinsics, hence the spelled-out code.
 void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int ldc, NextBlockPrefetch& next,
                PageStreams* streams) {
   _tile_zero(0);
@@ -248,9 +249,8 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
   const int rest = n % (2 * kAmxTileRows);
   const int passes = n / (2 * kAmxTileRows) * 2 + (rest > kAmxTileRows ? 2 : rest > 0 ? 1 : 0);
   const int steps_per_block = passes * (kpad / 32);
-  static_assert(kStepBytes == 4096, "PageStreams walks 4 KB steps");
   PageStreams streams;
-  if (n <= kAmxTileRows) streams.Start(blocks, static_cast<int64_t>(nblocks) * (kpad / 32));
+  if (n <= kAmxTileRows) streams.Start(blocks, static_cast<int64_t>(nblocks) * (kpad / 32));  // 1 step: 4 KB
   // One group of up to 32 rows against block b, the tiles' sums into y.
   auto group_block = [&](int r0, int b, NextBlockPrefetch& next) {
     const uint16_t* block = blocks + static_cast<size_t>(b) * kpad * kPackedRows;
@@ -281,14 +281,14 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
     }
     return next;
   };
-  if (n >= 4 * 2 * kAmxTileRows && kpad <= kGroupsOuterMaxK) {
+  if (n >= kGroupsOuterMinRows && kpad <= kGroupsOuterMaxK && nblocks * block_bytes <= kGroupsOuterMaxBytes) {
     // Short rows: each group's activation tiles (<= 32 KB) stay in L1 while it passes every block
-    // of the call, the weights coming from L2 (the call's blocks, at most a few hundred KB here,
-    // stay there after the first group). Block-major, both operands would stream from L2.
+    // of the call, the weights coming from L2 (they stay there after the first group). Block by
+    // block, both operands would stream from L2.
     for (int r0 = 0; r0 < n; r0 += 2 * kAmxTileRows) {
-      const int steps = (n - r0 > kAmxTileRows ? 2 : 1) * (kpad / 32);
       for (int b = 0; b < nblocks; ++b) {
-        NextBlockPrefetch next = r0 == 0 ? next_block(b, steps) : NextBlockPrefetch{};
+        // The first group (32 rows: two passes) brings each next block to L2.
+        NextBlockPrefetch next = r0 == 0 ? next_block(b, 2 * (kpad / 32)) : NextBlockPrefetch{};
         group_block(r0, b, next);
       }
     }

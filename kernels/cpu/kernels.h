@@ -7,7 +7,9 @@
 //   avx512   : AVX-512F/BW, 2x16 lanes, masked tail; dot4 loads each weight chunk once for
 //              4 activation rows (batched decode / prefill), same per-row arithmetic as dot
 // The table is filled once at start-up from a CPU feature probe (SelectIsa / ActiveKernels);
-// TPSERVE_ISA=portable|avx2|avx512 forces a path (for tests and benchmarks).
+// TPSERVE_ISA=portable|avx2|avx512 forces a path (for tests and benchmarks). The element-wise,
+// softmax and decode-attention loops (ops.cpp) are GCC target clones instead (AVX-512, Haswell's
+// AVX2 + FMA for the attention, and the baseline), picked by the CPU at load time.
 #pragma once
 
 #include <cstddef>
@@ -78,9 +80,9 @@ inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
 void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<uint16_t>* out);
 // PackedBf16Amx multiplies by nblocks consecutive blocks (from `blocks`) at once, so the tile
-// configuration is loaded once per call, not per block, and each block but the call's last
-// prefetches the next; y: the first block's first output column, cols: the valid output columns
-// from there (the last block may be partial).
+// configuration is loaded once per call, not per block, and the call prefetches its blocks ahead
+// of the tiles; y: the first block's first output column, cols: the valid output columns from
+// there (the last block may be partial).
 void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, int nblocks, float* y, int ldy,
                    int cols);
 

@@ -1,5 +1,5 @@
-// Element-wise, attention and sampling (argmax) kernels (portable, some cloned for AVX-512; not on
-// the bandwidth-critical path).
+// Element-wise, attention and sampling (argmax) kernels (portable, cloned for AVX-512 and, for
+// decode attention, AVX2 + FMA; not on the weight-bandwidth-critical path).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -149,6 +149,8 @@ __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* g
 }
 
 namespace {
+using V16 = float __attribute__((vector_size(64)));
+
 // out += w[0] * v[0] + ... + w[rows - 1] * v[rows - 1] over d floats, the rows (d apart) added one
 // after another into each element, and each element always by the same operation, whatever the
 // alignment and the rows per call: a result depends neither on how the rows are split into calls
@@ -156,9 +158,10 @@ namespace {
 // its scalar and vector parts rounded differently: at head_dim 8 the output changed with the block
 // size.) 64 outputs at a time stay in four AVX-512 registers (GCC vector types; the baseline clone
 // spills them, being only a fallback); the last d % 64 go through std::fma.
-__attribute__((target_clones("avx512f", "default"))) void AccumulateRows(const float* w, const float* v,
-                                                                         int rows, int d, float* out) {
-  using V16 = float __attribute__((vector_size(64)));
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
+                                                                                         const float* v,
+                                                                                         int rows, int d,
+                                                                                         float* out) {
   constexpr size_t kV = sizeof(V16);
   int i0 = 0;
   for (; i0 + 64 <= d; i0 += 64) {  // four named sums: GCC keeps an array of them in memory
@@ -190,14 +193,10 @@ __attribute__((target_clones("avx512f", "default"))) void AccumulateRows(const f
   }
 }
 
-}  // namespace
-
-namespace {
-using V16 = float __attribute__((vector_size(64)));
-
-// Lane sums of v[0..n), v[j]'s into s[j] (v[n..16) are zeros), by the same tree for every j: lanes i and i +
-// 8, then i and i + 4, i and i + 2, i and i + 1 (the shuffles only route values). A key's score thus does not
-// depend on which of the 16 slots it takes, so neither on the block size nor on its neighbours.
+// Lane sums of v[0..n), v[j]'s into s[j] (lanes never mix between keys, so v[n..16) do not matter), by the
+// same tree for every j: lanes i and i + 8, then i and i + 4, i and i + 2, i and i + 1 (the shuffles only
+// route values). A key's score thus does not depend on which of the 16 slots it takes, so neither on the
+// block size nor on its neighbours.
 __attribute__((always_inline)) inline void SumLanes16(const V16* v, int n, float* s) {
   V16 u[8], w[4], x[2];
   for (int m = 0; m < 8; ++m) {
@@ -248,8 +247,10 @@ __attribute__((always_inline)) inline void KeyLanes(const float* q, const float*
 // s[j] = q . keys[j] for j < n <= 16 keys (rows d apart): per key KeyLanes, then SumLanes16, so
 // each score is one fixed sequence of operations. Four keys at a time in named sums (four
 // independent chains in registers; GCC keeps an array of sums in memory).
-__attribute__((target_clones("avx512f", "default"))) void KeyScores16(const float* q, const float* keys,
-                                                                      int n, int d, float* s) {
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
+                                                                                      const float* keys,
+                                                                                      int n, int d,
+                                                                                      float* s) {
   constexpr size_t kV = sizeof(V16);
   V16 lanes[16] = {};
   int j = 0;

@@ -210,7 +210,7 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     for (int j = j0; j < j1; ++j) {
       const DecodeRow& d = decode_rows[j / nkv];
       const int hk = j % nkv, g_here = static_cast<int>(heads_of[hk].size());
-      if (g_here == 0) continue;
+      if (g_here == 0) continue;  // only where this rank holds no query head at all
       for (int i = 0; i < g_here; ++i) {
         qs[i] = q_at(d.t, heads_of[hk][i]);
         outs[i] = &attn[(static_cast<size_t>(d.t) * nq + heads_of[hk][i]) * hd];
