@@ -91,11 +91,13 @@ struct NextBlockPrefetch {
   }
 };
 
-// For batches of up to 16 rows (one pass per block, so the call walks its blocks' 4 KB steps in
+// For batches of up to 32 rows (whose first pass over each block walks the call's 4 KB steps in
 // order): while the kernel works through the 8 steps of one group, the next group's 8 steps are
-// brought to L2 as 8 streams side by side, 8 lines of each per step. Prefetching each step's 4 KB
+// brought to L2 as 8 streams side by side, 8 lines of each per step, whole pages (a 17-32 row
+// batch's second pass over the block then finds its half there). Prefetching each step's 4 KB
 // whole, 2 steps ahead (as for larger batches), one page at a time, read about one stream's rate
-// (matvec_bench --threads 1 --rows 16: 8.2-8.8 GB/s); with 8 pages in flight 13.7-15.3.
+// (matvec_bench --threads 1 --rows 16: 8.2-8.8 GB/s); with 8 pages in flight 13.7-15.3 (24-32
+// rows: 1.11-1.14x, paired calls).
 struct PageStreams {
   static constexpr int kLines = kStepBytes / 64, kPages = 8, kLinesPerStep = kLines / kPages;
   const char* base = nullptr;  // the call's first block
@@ -163,10 +165,10 @@ void BlockRows(const uint16_t* x, int kpad, const uint16_t* block, float* c, int
 // g and column tile j (2g + j), 4 and 5 the two groups' activations, 6 and 7 the half's two weight
 // tiles. Each weight tile then serves both groups, and each pass reads its own half of every
 // 256-byte pair row, so the block comes from memory once (the 16-row kernel, run twice, would
-// read it twice). `next` brings the following block to L2 meanwhile (batches over 32 rows), as in
-// BlockRows.
+// read it twice). `streams` (batches of up to 32 rows) or a prefetch 2 steps ahead bring the
+// weights to L2, and `next` the following block (batches over 32 rows), as in BlockRows.
 void BlockRows32(const uint16_t* x, int kpad, const uint16_t* block, float* c, int ldc,
-                 NextBlockPrefetch& next) {
+                 NextBlockPrefetch& next, PageStreams* streams) {
   const uint16_t* x1 = x + static_cast<size_t>(kAmxTileRows) * kpad;
   for (int half = 0; half < 2; ++half) {
     _tile_zero(0);
@@ -175,10 +177,14 @@ void BlockRows32(const uint16_t* x, int kpad, const uint16_t* block, float* c, i
     _tile_zero(3);
     for (int kk = 0; kk < kpad; kk += 32) {
       const uint16_t* w = block + static_cast<size_t>(kk / 2) * 2 * kPackedRows + 64 * half;
-      const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchSteps * kStepBytes;
-      for (int l = 0; l < kStepBytes; l += 256) {
-        _mm_prefetch(ahead + l, _MM_HINT_T1);
-        _mm_prefetch(ahead + l + 64, _MM_HINT_T1);
+      if (streams != nullptr) {
+        if (half == 0) streams->Step();  // whole pages: the second pass finds its half in L2
+      } else {
+        const char* ahead = reinterpret_cast<const char*>(w) + kPrefetchSteps * kStepBytes;
+        for (int l = 0; l < kStepBytes; l += 256) {
+          _mm_prefetch(ahead + l, _MM_HINT_T1);
+          _mm_prefetch(ahead + l + 64, _MM_HINT_T1);
+        }
       }
       next.Step();
       _tile_loadd(4, x + static_cast<size_t>(kk) * kAmxTileRows, 64);
@@ -250,7 +256,8 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
   const int passes = n / (2 * kAmxTileRows) * 2 + (rest > kAmxTileRows ? 2 : rest > 0 ? 1 : 0);
   const int steps_per_block = passes * (kpad / 32);
   PageStreams streams;
-  if (n <= kAmxTileRows) streams.Start(blocks, static_cast<int64_t>(nblocks) * (kpad / 32));  // 1 step: 4 KB
+  const bool use_streams = n <= 2 * kAmxTileRows;
+  if (use_streams) streams.Start(blocks, static_cast<int64_t>(nblocks) * (kpad / 32));
   // One group of up to 32 rows against block b, the tiles' sums into y.
   auto group_block = [&](int r0, int b, NextBlockPrefetch& next) {
     const uint16_t* block = blocks + static_cast<size_t>(b) * kpad * kPackedRows;
@@ -263,9 +270,9 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
     const int ldc = valid == kPackedRows ? ldy : kPackedRows;
     Configure(rows, &loaded);
     if (rows > kAmxTileRows) {
-      BlockRows32(xg, kpad, block, c, ldc, next);
+      BlockRows32(xg, kpad, block, c, ldc, next, use_streams ? &streams : nullptr);
     } else {
-      BlockRows(xg, kpad, block, c, ldc, next, n <= kAmxTileRows ? &streams : nullptr);
+      BlockRows(xg, kpad, block, c, ldc, next, use_streams ? &streams : nullptr);
     }
     if (c == part) {
       for (int r = 0; r < rows; ++r)
