@@ -1,12 +1,13 @@
 // Matmul weight read rate over a whole model's weights, without the rest of a decode step: the
-// bench-1b projection shapes (TinyLlama: 22 layers, hidden 2048, FFN 5632, 4 KV heads) split for
+// bench-1b projection shapes (TinyLlama: 22 layers, hidden 2048, FFN 5632, 4 KV heads; or
+// --preset small: 8 layers, hidden 512, FFN 1536, 4 KV heads of 64) split for
 // one rank of TP `--tp`, each layer's stacked q/k/v, o, stacked gate/up and down matrices in
 // their own allocations, read in order as a decode step does (so every matrix comes from DRAM).
 // Reports GB/s of weights per format, overall and per projection (best of --passes); compare with
 // perf/membw at the same thread count, run right before or after (this VM drifts by ±10 % within
 // minutes). --rows N multiplies N activation rows at once (batched decode) through the engine's
 // matmul policy (the GEMM from kGemmMinRows rows on).
-//   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6]   -> one JSON document on stdout
+//   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6] [--preset bench-1b]   -> JSON on stdout
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,8 +34,16 @@ struct Projection {
   int rows, cols;
 };
 
-std::vector<Projection> LayerShapes(int tp) {
-  const int hidden = 2048, kv = 256, ffn = 5632;
+struct Preset {
+  int layers, hidden, kv, ffn;  // kv: KV heads x head_dim
+};
+Preset PresetShapes(const std::string& name) {
+  if (name == "small") return {8, 512, 256, 1536};
+  return {22, 2048, 256, 5632};  // bench-1b
+}
+
+std::vector<Projection> LayerShapes(const Preset& p, int tp) {
+  const int hidden = p.hidden, kv = p.kv, ffn = p.ffn;
   return {{"qkv", (hidden + 2 * kv) / tp, hidden},
           {"o", hidden, hidden / tp},
           {"gate_up", 2 * ffn / tp, hidden},
@@ -61,27 +70,31 @@ void Fill(void* p, size_t elems, DType dt) {
 
 int main(int argc, char** argv) {
   int threads = 1, tp = 1, passes = 6, rows = 1;
+  std::string preset = "bench-1b";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
+    if (a == "--preset") preset = argv[i + 1];
     if (a == "--threads") threads = std::atoi(argv[i + 1]);
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
     if (a == "--passes") passes = std::atoi(argv[i + 1]);
     if (a == "--rows") rows = std::atoi(argv[i + 1]);
   }
-  if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4)) {
-    std::cerr
-        << "matvec_bench: --threads and --rows must be >= 1 and --tp 1, 2 or 4 (bench-1b's 4 KV heads)\n";
+  if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4) ||
+      (preset != "bench-1b" && preset != "small")) {
+    std::cerr << "matvec_bench: --threads and --rows must be >= 1, --tp 1, 2 or 4 (4 KV heads) and --preset "
+                 "bench-1b or small\n";
     return 2;
   }
   std::vector<int> cpus;  // pinned to CPUs 0..threads-1, as membw does
   for (int t = 0; t < threads; ++t) cpus.push_back(t);
   tpserve::kernels::SetThreads(threads, cpus);
-  constexpr int kLayers = 22;
-  const std::vector<Projection> shapes = LayerShapes(tp);
+  const Preset shape = PresetShapes(preset);
+  const int kLayers = shape.layers;
+  const std::vector<Projection> shapes = LayerShapes(shape, tp);
   // >= the widest cols and rows (gate_up at TP 1: 11264), per activation row
   std::vector<float> x(8192 * static_cast<size_t>(rows)), y(16384 * static_cast<size_t>(rows));
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(0.1f * static_cast<float>(i));
-  nlohmann::json out = {{"bench", "matmul weight read rate, bench-1b shapes"},
+  nlohmann::json out = {{"bench", "matmul weight read rate, " + preset + " shapes"},
                         {"rows", rows},
                         {"threads", threads},
                         {"tp", tp},
