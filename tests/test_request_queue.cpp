@@ -1,5 +1,5 @@
-// RequestQueue: requests whose client is gone leave at the next plan (the engine asks before every
-// step), whether the engine already runs them or not.
+// RequestQueue: requests whose client is gone leave at the next plan that asks (the engine asks at
+// step boundaries, at most every kClientCheckInterval), whether the engine already runs them or not.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -81,6 +81,26 @@ TEST(RequestQueue, AResetWatcherIsNeverAskedAgain) {
   queue.TakePlan();
   EXPECT_EQ(asked, 1);
   EXPECT_EQ(queue.active(), 1u);
+}
+
+// The clients are asked at most every kClientCheckInterval, not at every step: a burst of plans
+// asks once, and the first plan after the interval asks again.
+TEST(RequestQueue, ClientsAreAskedAtMostEveryCheckInterval) {
+  RequestQueue queue(8);
+  auto a = queue.Submit(Spec());
+  ASSERT_TRUE(a.ok());
+  std::atomic<int> asked{0};
+  (*a)->WatchClient([&] {
+    ++asked;
+    return false;
+  });
+  for (int i = 0; i < 100; ++i) queue.TakePlan();
+  EXPECT_GE(asked.load(), 1);
+  EXPECT_LT(asked.load(), 100);
+  const int before = asked.load();
+  std::this_thread::sleep_for(2 * RequestQueue::kClientCheckInterval);
+  queue.TakePlan();
+  EXPECT_EQ(asked.load(), before + 1);
 }
 
 }  // namespace

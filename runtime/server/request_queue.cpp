@@ -9,20 +9,22 @@ using Clock = std::chrono::steady_clock;
 RequestChannel::RequestChannel(uint64_t id) : id_(id), created_(Clock::now()) {}
 
 void RequestChannel::Push(const TokenEvent& ev) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const auto now = Clock::now();
-  if (!has_first_) {
-    has_first_ = true;
-    first_token_ = now;
-    pending_.time_to_first_token_s = std::chrono::duration<double>(now - created_).count();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    if (!has_first_) {
+      has_first_ = true;
+      first_token_ = now;
+      pending_.time_to_first_token_s = std::chrono::duration<double>(now - created_).count();
+    }
+    pending_.tokens.push_back(ev.token);
+    pending_.logprobs.push_back(ev.logprob);
+    if (ev.finish != FinishReason::kNone) {
+      pending_.finish = ev.finish;
+      pending_.decode_time_s = std::chrono::duration<double>(now - first_token_).count();
+    }
   }
-  pending_.tokens.push_back(ev.token);
-  pending_.logprobs.push_back(ev.logprob);
-  if (ev.finish != FinishReason::kNone) {
-    pending_.finish = ev.finish;
-    pending_.decode_time_s = std::chrono::duration<double>(now - first_token_).count();
-  }
-  cv_.notify_all();
+  cv_.notify_all();  // unlocked: the woken gateway thread does not block on mu_ at once
 }
 
 void RequestChannel::Abort(const std::string& message) {
@@ -94,7 +96,10 @@ void RequestQueue::DropLocked(uint64_t id, bool finished) {
 
 StepPlan RequestQueue::TakePlan(int* finished) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = active_.begin(); it != active_.end();) {
+  const auto now = Clock::now();
+  const bool check_clients = now - last_client_check_ >= kClientCheckInterval;
+  if (check_clients) last_client_check_ = now;
+  for (auto it = active_.begin(); check_clients && it != active_.end();) {
     if (it->second->ClientGone()) {
       it->second->MarkClientGone();
       DropLocked(it->first, /*finished=*/false);

@@ -43,11 +43,11 @@ class RequestChannel {
   // Gateway side: waits up to `timeout` for news; returns what arrived (possibly nothing).
   StreamUpdate Wait(std::chrono::milliseconds timeout);
   // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
-  // before every step (RequestQueue::TakePlan), so a cancelled request stops at the next step
-  // boundary, and wakes the gateway thread (StreamUpdate::client_gone), which therefore need not
-  // poll the client between tokens. Reset to nullptr before the RPC's context goes away. `gone`
-  // runs under the queue's and this channel's locks: it must be cheap and must not call back
-  // into either.
+  // at step boundaries, at most every RequestQueue::kClientCheckInterval (RequestQueue::TakePlan),
+  // so a cancelled request stops within that and one step, and wakes the gateway thread
+  // (StreamUpdate::client_gone), which therefore need not poll the client between tokens. Reset to nullptr
+  // before the RPC's context goes away. `gone` runs under the queue's and this channel's locks: it must be
+  // cheap and must not call back into either.
   void WatchClient(std::function<bool()> gone);
   bool ClientGone();
 
@@ -72,9 +72,14 @@ class RequestQueue {
   // statistics count it as finished rather than cancelled.
   void Cancel(uint64_t id, bool finished = false);
 
+  // How often TakePlan asks the clients whether they are gone: asking all of them cost ~0.13 ms
+  // per step at 16 streams (~1.5 % of a step), for news that matters at human time scales.
+  static constexpr std::chrono::milliseconds kClientCheckInterval{5};
+
   // Engine side. Moves pending submissions and cancellations into a plan, after cancelling every
-  // request whose client is gone (RequestChannel::WatchClient); *finished (optional) gets how
-  // many of the cancellations were requests the gateway finished (stop strings).
+  // request whose client is gone (RequestChannel::WatchClient; at most every
+  // kClientCheckInterval); *finished (optional) gets how many of the cancellations were requests
+  // the gateway finished (stop strings).
   StepPlan TakePlan(int* finished = nullptr);
   // Blocks until something is pending or `timeout` passes.
   void WaitForWork(std::chrono::milliseconds timeout);
@@ -99,6 +104,7 @@ class RequestQueue {
   std::vector<uint64_t> pending_cancel_;
   int pending_finished_ = 0;  // of pending_cancel_, those the gateway finished
   std::map<uint64_t, std::shared_ptr<RequestChannel>> active_;
+  std::chrono::steady_clock::time_point last_client_check_{};  // the epoch: the first TakePlan asks
 };
 
 }  // namespace tpserve
