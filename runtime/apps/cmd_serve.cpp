@@ -37,9 +37,11 @@ struct ServeFlags {
 };
 
 // Rank 0 only: the gateway, with the facts GetModelInfo / GetServerInfo report.
-Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaModel& model,
-                    BatchEngine& engine, RequestQueue& queue, ServerCounters& counters,
-                    std::unique_ptr<Tokenizer>* tokenizer, std::unique_ptr<Gateway>* out) {
+Status StartGateway(const ServeFlags& f, const Job& job, BatchEngine& engine, RequestQueue& queue,
+                    ServerCounters& counters, std::unique_ptr<Tokenizer>* tokenizer,
+                    std::unique_ptr<Gateway>* out) {
+  const ParallelConfig& pc = job.parallel;
+  const LlamaModel& model = *job.model;
   TPS_ASSIGN_OR_RETURN(*tokenizer, LoadJobTokenizer(f.job, model.config().vocab_size, false));
   if (*tokenizer) {
     log::Info("tokenizer: {} ({} tokens, chat template: {})", (*tokenizer)->config().source,
@@ -74,7 +76,9 @@ Status StartGateway(const ServeFlags& f, const ParallelConfig& pc, const LlamaMo
                 {"enable_deterministic_inference", f.job.deterministic ? "true" : "false"},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
                 {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
-  TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(f.gateway, info, queue, counters,
+  GatewayOptions opts = f.gateway;
+  opts.engine_cpus = job.kernel_cpus;
+  TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(opts, info, queue, counters,
                                             [&engine](const RequestSpec& s) { return engine.Validate(s); }));
   return Status();
 }
@@ -155,8 +159,7 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   std::unique_ptr<Tokenizer> tokenizer;  // declared before the gateway, which uses it
   std::unique_ptr<Gateway> gateway;
   Status gateway_status =
-      job.leader() ? StartGateway(f, job.parallel, model, engine, queue, counters, &tokenizer, &gateway)
-                   : Status();
+      job.leader() ? StartGateway(f, job, engine, queue, counters, &tokenizer, &gateway) : Status();
   if (!AllOk(*job.world, gateway_status)) return 1;
   if (!job.leader()) {
     Status st = RunEngineLoopFollower(engine, *job.tp);

@@ -80,6 +80,7 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
   auto threads = PlanThreads(f.threads, job->env->local_rank(), job->env->local_size());
   if (!AllOk(*job->world, threads.status())) return 1;
   kernels::SetThreads(threads->threads, threads->cpus);
+  job->kernel_cpus = threads->cpus;
   log::Debug("rank {}: {}", pc->world_rank, threads->describe);
   if (pc->world_rank == 0) log::Info("rank 0: {}", threads->describe);
   auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");

@@ -35,6 +35,7 @@ struct Job {
   ParallelConfig parallel;
   std::unique_ptr<MpiComm> tp;
   std::unique_ptr<LlamaModel> model;
+  std::vector<int> kernel_cpus;  // the CPUs this rank's kernel threads are pinned to (empty: none)
   bool leader() const { return parallel.world_rank == 0; }
 };
 

@@ -25,6 +25,9 @@ struct GatewayOptions {
   std::string tls_cert, tls_key;    // PEM files; both or neither
   int max_message_bytes = 4 << 20;  // larger requests get RESOURCE_EXHAUSTED
   int max_prompt_tokens = 0;        // 0: the context length - 1
+  // Rank 0's kernel CPUs: gRPC's threads run on the host's other CPUs where there are any (see
+  // Gateway::Start). Empty: any CPU.
+  std::vector<int> engine_cpus;
 };
 
 // Static facts reported by GetModelInfo / GetServerInfo.
