@@ -66,9 +66,11 @@ double Percentile(std::vector<double> v, double p) {
   return v[lo] + (v[hi] - v[lo]) * (idx - lo);
 }
 
-// Closed-loop load: `concurrency` client threads, each sending its next request as soon as the
-// previous one ends, until `total` requests are done. TTFT and inter-token latency are measured
-// here, at the client, from message arrival times.
+// Closed-loop load: `concurrency` streams, each sending its next request as soon as the previous
+// one ends, until `total` requests are done. TTFT and inter-token latency are measured here, at
+// the client, from message arrival times. All streams run on one thread through gRPC's async API
+// (one completion queue): the client usually shares the host with the server in benches, and a
+// thread per stream cost ~2x the CPU per token (a wake-up for every message of every stream).
 int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int concurrency, int total,
             int prompt_len, int max_new_tokens, uint64_t seed) {
   using Clock = std::chrono::steady_clock;
@@ -79,63 +81,79 @@ int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int co
     Prepare(common, &ctx);
     if (auto st = stub->GetModelInfo(&ctx, pb::GetModelInfoRequest(), &mi); !st.ok()) return Fail(st);
   }
-  std::mutex mu;
+  // One request in flight on a stream; its completion-queue tag is the Call itself, and `state`
+  // says which operation just completed.
+  struct Call {
+    enum State { kStarting, kReading, kFinishing } state = kStarting;
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientAsyncReader<pb::GenerateResponse>> reader;
+    pb::GenerateResponse msg;
+    grpc::Status status;
+    Clock::time_point sent, last;
+    double ttft = -1;
+    std::vector<double> itl;
+    int64_t tokens = 0;
+  };
+  grpc::CompletionQueue cq;
   std::vector<double> ttft, itl;
   int64_t tokens = 0;
-  int next = 0, errors = 0;
+  int next = 0, errors = 0, in_flight = 0;
   std::string first_error;
+  auto start_next = [&] {  // the next request, if any is left
+    if (next >= total) return;
+    const int id = next++;
+    std::mt19937_64 rng(seed * 1000003 + id);
+    pb::GenerateRequest req;
+    for (int i = 0; i < prompt_len; ++i)
+      req.mutable_token_ids()->add_ids(static_cast<int32_t>(rng() % mi.vocab_size()));
+    req.set_max_new_tokens(max_new_tokens);
+    req.set_ignore_eos(true);
+    auto* call = new Call;
+    Prepare(common, &call->ctx);
+    call->sent = call->last = Clock::now();
+    call->reader = stub->PrepareAsyncGenerate(&call->ctx, req, &cq);
+    call->reader->StartCall(call);
+    ++in_flight;
+  };
   const auto start = Clock::now();
-  std::vector<std::thread> threads;
-  for (int w = 0; w < concurrency; ++w) {
-    threads.emplace_back([&, w] {
-      for (;;) {
-        int id;
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          if (next >= total) return;
-          id = next++;
+  for (int w = 0; w < concurrency; ++w) start_next();
+  void* tag = nullptr;
+  bool ok = false;
+  while (in_flight > 0 && cq.Next(&tag, &ok)) {
+    auto* call = static_cast<Call*>(tag);
+    if (call->state == Call::kReading && ok) {  // a message
+      const auto now = Clock::now();
+      if (call->msg.token_ids_size() > 0) {
+        if (call->ttft < 0) {
+          call->ttft = std::chrono::duration<double>(now - call->sent).count();
+        } else {
+          call->itl.push_back(std::chrono::duration<double>(now - call->last).count() /
+                              call->msg.token_ids_size());
         }
-        std::mt19937_64 rng(seed * 1000003 + id);
-        pb::GenerateRequest req;
-        for (int i = 0; i < prompt_len; ++i)
-          req.mutable_token_ids()->add_ids(static_cast<int32_t>(rng() % mi.vocab_size()));
-        req.set_max_new_tokens(max_new_tokens);
-        req.set_ignore_eos(true);
-        grpc::ClientContext ctx;
-        Prepare(common, &ctx);
-        const auto sent = Clock::now();
-        auto reader = stub->Generate(&ctx, req);
-        pb::GenerateResponse msg;
-        std::vector<double> my_itl;
-        double my_ttft = -1;
-        auto last = sent;
-        int64_t my_tokens = 0;
-        while (reader->Read(&msg)) {
-          const auto now = Clock::now();
-          if (msg.token_ids_size() == 0) continue;
-          if (my_ttft < 0) {
-            my_ttft = std::chrono::duration<double>(now - sent).count();
-          } else {
-            my_itl.push_back(std::chrono::duration<double>(now - last).count() / msg.token_ids_size());
-          }
-          last = now;
-          my_tokens += msg.token_ids_size();
-        }
-        grpc::Status st = reader->Finish();
-        std::lock_guard<std::mutex> lock(mu);
-        if (!st.ok()) {
-          ++errors;
-          if (first_error.empty()) first_error = st.error_message();
-          continue;
-        }
-        tokens += my_tokens;
-        ttft.push_back(my_ttft);
-        itl.insert(itl.end(), my_itl.begin(), my_itl.end());
-        (void)w;
+        call->last = now;
+        call->tokens += call->msg.token_ids_size();
       }
-    });
+    }
+    if (call->state == Call::kFinishing) {  // the stream's status: record it, then the next request
+      if (!call->status.ok()) {
+        ++errors;
+        if (first_error.empty()) first_error = call->status.error_message();
+      } else {
+        tokens += call->tokens;
+        ttft.push_back(call->ttft);
+        itl.insert(itl.end(), call->itl.begin(), call->itl.end());
+      }
+      delete call;
+      --in_flight;
+      start_next();
+    } else if (ok) {  // started, or a message read: read the next one
+      call->state = Call::kReading;
+      call->reader->Read(&call->msg, call);
+    } else {  // the stream ended (or never started): its status
+      call->state = Call::kFinishing;
+      call->reader->Finish(&call->status, call);
+    }
   }
-  for (auto& t : threads) t.join();
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json out = {{"concurrency", concurrency},
                         {"requests", total},

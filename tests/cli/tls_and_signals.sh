@@ -27,6 +27,22 @@ if wait_healthy --addr "localhost:$P" --tls-ca "$WORK/cert.pem"; then
   out=$("$BIN/tpserve-cli" --addr "localhost:$P" --tls-ca "$WORK/cert.pem" generate --prompt-ids 1,2 \
         --max-new-tokens 5 --json)
   echo "$out" | grep -q '"completion_tokens":5' && pass "TLS: generate works" || fail "TLS generate: $out"
+  # The load mode (closed loop, every stream on one client thread): each request and token counted.
+  out=$("$BIN/tpserve-cli" --addr "localhost:$P" --tls-ca "$WORK/cert.pem" load --concurrency 3 --requests 7 \
+        --prompt-len 4 --max-new-tokens 5)
+  python3 - "$out" <<'PY' && pass "load: 7 requests, 35 tokens, no errors" || fail "load: $out"
+import json, sys
+d = json.loads(sys.argv[1])
+assert d["requests"] == 7 and d["errors"] == 0, d
+assert round(d["output_tokens_per_s"] * d["duration_s"]) == 35, d
+assert d["ttft_p50_s"] > 0 and d["itl_p50_s"] > 0, d
+PY
+  # Requests the server refuses (prompts past the 1024-token context) are errors: exit 1.
+  rc=0
+  out=$("$BIN/tpserve-cli" --addr "localhost:$P" --tls-ca "$WORK/cert.pem" load --concurrency 2 --requests 3 \
+        --prompt-len 2000 --max-new-tokens 2) || rc=$?
+  [ "$rc" = 1 ] && echo "$out" | grep -q '"errors":3' && pass "load: refused requests counted, exit 1" \
+    || fail "load with refused requests: rc=$rc $out"
   "$BIN/tpserve-cli" --addr "127.0.0.1:$P" --timeout 3 health >/dev/null 2>&1 \
     && fail "TLS: a plaintext client was served" || pass "TLS: a plaintext client is refused"
 else
