@@ -28,11 +28,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
 rate() { python3 -c 'import json,sys; u=json.load(sys.stdin)["usage"]; print((u["completion_tokens"]-1)/u["decode_time_s"])'; }
 
-# The client shares this host's cores with the ranks; it runs SCHED_BATCH at nice +5 (as the
-# server's gRPC threads do) so that its wake-ups per token do not preempt a rank: the bench
-# measures the server's overhead, not a client's that would live on another machine in practice.
-LOW=()
-command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
+# The client runs at low priority beside the ranks (LOW, server_lib.sh).
+source "$(dirname "$0")/server_lib.sh"
 
 one_run() {
   "${MPIRUN[@]}" "$BIN/tpserve" run --model-path "$WORK/model" --threads 1 --prompt-ids 1,2,3 \
@@ -42,7 +39,7 @@ one_run() {
 # Prints: decode tok/s, rank 0's gRPC-thread CPU ms per token, the client's CPU ms per token
 # (both over the whole request, prefill included).
 one_grpc() {
-  python3 - "$port" "$gateway_pid" "$TOKENS" "${LOW[@]}" "$BIN/tpserve-cli" <<'PY'
+  python3 - "$port" "$gw_pid" "$TOKENS" "${LOW[@]}" "$BIN/tpserve-cli" <<'PY'
 import json, os, resource, subprocess, sys
 port, pid, tokens, client = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 def grpc_threads_cpu_s():
@@ -80,18 +77,18 @@ PY
 : >"$WORK/pairs.txt"
 for np in $NPS; do
   MPIRUN=(mpirun --oversubscribe --allow-run-as-root -np "$np")
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   "${MPIRUN[@]}" "$BIN/tpserve" serve --model-path "$WORK/model" --threads 1 --port "$port" 2>"$WORK/server-$np.log" &
   server=$!
-  for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
-  gateway_pid=$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
+  wait_healthy "127.0.0.1:$port" || { echo "gateway_bench: the server did not start" >&2; cat "$WORK/server-$np.log" >&2; exit 1; }
+  gw_pid=$(gateway_pid "127.0.0.1:$port")
   for i in $(seq 1 "$REPEATS"); do
     if [ $((i % 2)) -eq 1 ]; then r=$(one_run); g=$(one_grpc); else g=$(one_grpc); r=$(one_run); fi
     read -r gr gcpu ccpu <<<"$g"
     echo "TP $np, repeat $i: tpserve run $r tok/s, gRPC $gr tok/s (gRPC threads $gcpu ms/token, client $ccpu ms/token)" >&2
     echo "$np $r $gr $gcpu $ccpu" >>"$WORK/pairs.txt"
   done
-  kill -TERM "$gateway_pid"
+  kill -TERM "$gw_pid"
   wait $server || true
   server=""
 done

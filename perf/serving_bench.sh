@@ -25,17 +25,14 @@ server=""
 trap '[ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source "$(dirname "$0")/server_lib.sh"
+port=$(free_port)
 mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
   --max-running-requests 64 ${SERVE_ARGS:-} 2>"$WORK/server.log" &
 server=$!
-for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
-# The load client shares this host's cores with the ranks; as in gateway_bench.sh it runs
-# SCHED_BATCH at nice +5 (CLIENT_LOW_PRIORITY=0: normal priority), so that its wake-ups per token
-# do not preempt a rank: the bench measures the server, not a client that in practice would live
-# on another machine.
-LOW=()
-[ "${CLIENT_LOW_PRIORITY:-1}" = 1 ] && command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
+wait_healthy "127.0.0.1:$port" || { echo "serving_bench: the server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
+# The load client runs at low priority (server_lib.sh; CLIENT_LOW_PRIORITY=0: normal priority).
+[ "${CLIENT_LOW_PRIORITY:-1}" = 1 ] || LOW=()
 "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
 : >"$WORK/points.jsonl"
 for rep in $(seq 1 "$REPEATS"); do
@@ -44,7 +41,7 @@ for rep in $(seq 1 "$REPEATS"); do
       --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
   done
 done
-kill -TERM "$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)"
+kill -TERM "$(gateway_pid "127.0.0.1:$port")"
 wait $server || true
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY  # OUT.dat: the medians, for gnuplot
