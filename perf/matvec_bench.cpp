@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
   for (int t = 0; t < threads; ++t) cpus.push_back(t);
   tpserve::kernels::SetThreads(threads, cpus);
   const Preset shape = PresetShapes(preset);
-  const int kLayers = shape.layers;
+  const int layers = shape.layers;
   const std::vector<Projection> shapes = LayerShapes(shape, tp);
   // >= the widest cols and rows (gate_up at TP 1: 11264), per activation row
   std::vector<float> x(8192 * static_cast<size_t>(rows)), y(16384 * static_cast<size_t>(rows));
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
     };
     std::vector<Matrix> weights;
     std::vector<float> scales(16384, 0.01f);
-    for (int l = 0; l < kLayers; ++l) {
+    for (int l = 0; l < layers; ++l) {
       for (const Projection& s : shapes) {
         const size_t elems = static_cast<size_t>(s.rows) * s.cols;
         const size_t bytes = elems * tpserve::kernels::DTypeSize(dt);
@@ -158,7 +158,7 @@ int main(int argc, char** argv) {
         {"dtype", format}, {"bytes", total}, {"gb_per_s", static_cast<double>(total) / best / 1e9}};
     for (size_t j = 0; j < shapes.size(); ++j) {
       r["per_projection_gb_per_s"][shapes[j].name] =
-          static_cast<double>(weights[j].bytes) * kLayers / best_per[j] / 1e9;
+          static_cast<double>(weights[j].bytes) * layers / best_per[j] / 1e9;
     }
     out["results"].push_back(r);
     for (Matrix& m : weights) std::free(m.w);

@@ -18,4 +18,4 @@ gateway_pid() { "$BIN/tpserve-cli" --addr "$1" info | grep -o '"gatewayPid": [0-
 # measure the server, not a client that would live on another machine in practice. LOW: the
 # command prefix for that (empty where chrt is missing).
 LOW=()
-command -v chrt >/dev/null && LOW=(chrt --batch 0 nice -n 5)
+if command -v chrt >/dev/null; then LOW=(chrt --batch 0 nice -n 5); fi  # (an if: `source` returns 0)

@@ -332,7 +332,7 @@ TEST_F(Gateway, GrpcThreadsRunOffRankZerosKernelCores) {
     CPU_ZERO(set);
     return sched_getaffinity(tid, sizeof(*set), set) == 0;
   };
-  cpu_set_t main_set;
+  cpu_set_t main_set;  // rank 0's kernel CPUs: one thread per rank here, its main thread's
   ASSERT_TRUE(affinity(rank0, &main_set));
   if (CPU_COUNT(&main_set) >= CPU_COUNT(&mine))
     GTEST_SKIP() << "rank 0 is not bound here, so nothing to compare";
@@ -347,7 +347,6 @@ TEST_F(Gateway, GrpcThreadsRunOffRankZerosKernelCores) {
     cpu_set_t set, both;
     if (!affinity(tid, &set)) continue;  // gRPC ends idle threads on its own
     ++grpc_threads;
-    EXPECT_GT(CPU_COUNT(&set), 0);
     CPU_AND(&both, &set, &main_set);
     EXPECT_EQ(CPU_COUNT(&both), 0) << "thread " << name << " may run on rank 0's kernel core";
   }

@@ -38,7 +38,8 @@ TEST(RequestQueue, RunningRequestWhoseClientIsGoneIsCancelledInTheNextPlan) {
     woken_gone = (*a)->Wait(std::chrono::seconds(10)).client_gone;
     waited = std::chrono::steady_clock::now() - t0;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let it block in Wait
+  // Let it block in Wait; 50 ms is also past kClientCheckInterval, so the next plan asks again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   int finished = -1;
   StepPlan second = queue.TakePlan(&finished);
   handler.join();

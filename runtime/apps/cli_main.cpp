@@ -5,12 +5,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <iostream>
-#include <mutex>
+#include <memory>
 #include <random>
 #include <sstream>
-#include <thread>
 
 #include <google/protobuf/util/json_util.h>
 #include <CLI/CLI.hpp>
@@ -153,6 +153,9 @@ int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int co
       call->state = Call::kFinishing;
       call->reader->Finish(&call->status, call);
     }
+  }
+  cq.Shutdown();  // empty by now (every call finished); drained as gRPC requires
+  while (cq.Next(&tag, &ok)) {
   }
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   nlohmann::json out = {{"concurrency", concurrency},

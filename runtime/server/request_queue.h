@@ -45,9 +45,9 @@ class RequestChannel {
   // Gateway side: `gone` says whether the client has cancelled or disconnected. The engine asks
   // at step boundaries, at most every RequestQueue::kClientCheckInterval (RequestQueue::TakePlan),
   // so a cancelled request stops within that and one step, and wakes the gateway thread
-  // (StreamUpdate::client_gone), which therefore need not poll the client between tokens. Reset to nullptr
-  // before the RPC's context goes away. `gone` runs under the queue's and this channel's locks: it must be
-  // cheap and must not call back into either.
+  // (StreamUpdate::client_gone), which therefore need not poll the client between tokens.
+  // Reset to nullptr before the RPC's context goes away. `gone` runs under the queue's and this
+  // channel's locks: it must be cheap and must not call back into either.
   void WatchClient(std::function<bool()> gone);
   bool ClientGone();
 
