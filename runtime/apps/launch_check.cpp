@@ -1,7 +1,6 @@
 #include "apps/launch_check.h"
 
 #include <sched.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -46,35 +45,28 @@ Status CheckLaunchFlags(const LaunchFlags& flags, MpiEnv& env, Communicator& wor
   return Status();
 }
 
-Result<ThreadPlan> PlanThreads(int requested, int local_rank, int local_size) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> mask;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    for (int c = 0; c < CPU_SETSIZE; ++c) {
-      if (CPU_ISSET(c, &set)) mask.push_back(c);
-    }
+Result<ThreadPlan> PlanThreads(int requested, const std::vector<std::vector<int>>& host_masks, int index) {
+  const std::vector<int>& mask = host_masks.at(index);
+  int sharing = 0, order = 0;  // ranks on this host with this exact mask, and this rank's place
+  for (size_t r = 0; r < host_masks.size(); ++r) {
+    if (host_masks[r] != mask) continue;
+    if (static_cast<int>(r) < index) ++order;
+    ++sharing;
   }
-  const int online = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  const bool bound = !mask.empty() && static_cast<int>(mask.size()) < online;
   std::vector<int> own;
-  if (bound) {
-    own = mask;  // mpirun gave this rank its cores
-  } else if (!mask.empty() && static_cast<int>(mask.size()) >= local_size) {
-    const int share = static_cast<int>(mask.size()) / local_size;
-    own.assign(mask.begin() + local_rank * share, mask.begin() + (local_rank + 1) * share);
-  }  // more ranks than cores on this host (oversubscribed): one unpinned thread each
+  if (static_cast<int>(mask.size()) >= sharing) {
+    const int share = static_cast<int>(mask.size()) / sharing;
+    own.assign(mask.begin() + order * share, mask.begin() + (order + 1) * share);
+  }  // more ranks than CPUs in their mask (oversubscribed): one unpinned thread each
   ThreadPlan plan;
   plan.threads = requested > 0 ? requested : std::max<int>(1, own.size());
   if (requested > 1 && requested > static_cast<int>(own.size())) {
     return TPS_ERROR(
-        "--threads {} needs {} cores for this rank, but it has {} ({} of {} online CPUs {}, {} rank(s) on "
-        "this host); "
-        "lower --threads, run fewer ranks per host, or let mpirun give each rank more cores (--bind-to none, "
-        "or "
-        "--map-by slot:PE={})",
-        requested, requested, own.size(), mask.size(), online, bound ? "bound by mpirun" : "shared",
-        local_size, requested);
+        "--threads {} needs {} cores for this rank, but it has {} (its {} allowed CPU(s) shared by {} "
+        "rank(s) on "
+        "this host); lower --threads, run fewer ranks per host, or let mpirun give each rank more cores "
+        "(--bind-to none, or --map-by slot:PE={})",
+        requested, requested, own.size(), mask.size(), sharing, requested);
   }
   if (!own.empty()) plan.cpus.assign(own.begin(), own.begin() + plan.threads);
   std::string cpus;
@@ -82,6 +74,29 @@ Result<ThreadPlan> PlanThreads(int requested, int local_rank, int local_size) {
   plan.describe = fmt::format("{} kernel thread(s), {}", plan.threads,
                               cpus.empty() ? "unpinned" : "pinned to CPU " + cpus);
   return plan;
+}
+
+Result<std::vector<std::vector<int>>> GatherHostMasks(MpiEnv& env, Communicator& world, int* index) {
+  struct Entry {
+    char host[256];
+    cpu_set_t cpus;
+  };
+  Entry mine{};
+  std::strncpy(mine.host, env.hostname().c_str(), sizeof(mine.host) - 1);
+  if (sched_getaffinity(0, sizeof(mine.cpus), &mine.cpus) != 0) CPU_ZERO(&mine.cpus);
+  std::vector<Entry> all(world.size());
+  TPS_RETURN_IF_ERROR(world.AllGather(&mine, sizeof(Entry), all.data()));
+  std::vector<std::vector<int>> masks;
+  for (int r = 0; r < world.size(); ++r) {
+    if (std::strncmp(all[r].host, mine.host, sizeof(mine.host)) != 0) continue;
+    if (r == world.rank()) *index = static_cast<int>(masks.size());
+    std::vector<int> m;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &all[r].cpus)) m.push_back(c);
+    }
+    masks.push_back(std::move(m));
+  }
+  return masks;
 }
 
 }  // namespace tpserve
