@@ -15,26 +15,30 @@ struct LaunchFlags {
   std::string dist_init_addr;
 };
 
-// Collective over the world: gathers host names to count nodes.
-Status CheckLaunchFlags(const LaunchFlags& flags, MpiEnv& env, Communicator& world);
+// Where a rank of the world runs: its host and the CPUs it may run on (its affinity).
+struct RankPlace {
+  std::string host;
+  std::vector<int> cpus;
+};
+// Collective over the world: every rank's place, in world-rank order (one all-gather).
+Result<std::vector<RankPlace>> GatherRankPlaces(MpiEnv& env, Communicator& world);
+
+// The SGLang flags against the world as mpirun started it (`places`; this is world rank `rank`).
+Status CheckLaunchFlags(const LaunchFlags& flags, const std::vector<RankPlace>& places, int rank);
 
 // This rank's kernel threads and the CPUs to pin them to (`--threads`; 0 = automatic).
-// host_masks: the CPUs each rank on this host may run on (its affinity), in world-rank order;
-// `index`: this rank's entry. A rank whose mask no other rank on the host has (mpirun's binding,
-// its default for up to 2 ranks: one core each; or Slurm's) keeps its CPUs. Ranks with the same
-// mask (mpirun --bind-to none, maybe inside a container's or a job's cpuset) share it out: each
-// takes an even, contiguous slice by its order among them (none, and one unpinned thread, when
-// they outnumber its CPUs). Asking for more threads than the rank's CPUs is an error that names
+// `places`: every rank's (GatherRankPlaces); this is world rank `rank`, and only the ranks on its
+// host count. A rank whose mask no other rank on the host has (mpirun's binding, its default for
+// up to 2 ranks: one core each; or Slurm's) keeps its CPUs. Ranks with the same mask (mpirun
+// --bind-to none, maybe inside a container's or a job's cpuset) share it out: each takes an even,
+// contiguous slice by its order among them (none, and one unpinned thread, when they outnumber
+// its CPUs). Asking for more threads than the rank's CPUs is an error that names
 // the fix: ranks never oversubscribe a host.
 struct ThreadPlan {
   int threads = 1;
   std::vector<int> cpus;  // empty: do not pin
   std::string describe;   // for the start-up log
 };
-Result<ThreadPlan> PlanThreads(int requested, const std::vector<std::vector<int>>& host_masks, int index);
-
-// Collective over the world: the affinity masks of the ranks on this rank's host, in world-rank
-// order, and (*index) this rank's among them (PlanThreads' input).
-Result<std::vector<std::vector<int>>> GatherHostMasks(MpiEnv& env, Communicator& world, int* index);
+Result<ThreadPlan> PlanThreads(int requested, const std::vector<RankPlace>& places, int rank);
 
 }  // namespace tpserve

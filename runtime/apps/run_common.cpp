@@ -75,12 +75,11 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
                pc->world_size);
     return 1;
   }
-  if (!AllOk(*job->world, CheckLaunchFlags(f.launch, *job->env, *job->world))) return 1;
+  auto places = GatherRankPlaces(*job->env, *job->world);
+  if (!AllOk(*job->world, places.status())) return 1;
+  if (!AllOk(*job->world, CheckLaunchFlags(f.launch, *places, pc->world_rank))) return 1;
   if (!AllOk(*job->world, extra_check)) return 1;
-  int host_index = 0;
-  auto masks = GatherHostMasks(*job->env, *job->world, &host_index);
-  if (!AllOk(*job->world, masks.status())) return 1;
-  auto threads = PlanThreads(f.threads, *masks, host_index);
+  auto threads = PlanThreads(f.threads, *places, pc->world_rank);
   if (!AllOk(*job->world, threads.status())) return 1;
   kernels::SetThreads(threads->threads, threads->cpus);
   job->kernel_cpus = threads->cpus;

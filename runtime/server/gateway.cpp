@@ -409,10 +409,10 @@ int Gateway::port() const {
 
 // gRPC's threads (its executors, timers, pollers and handlers) are all born in a thread that runs
 // SCHED_BATCH at nice +5 on the CPUs other than rank 0's kernel CPUs (any CPU when rank 0's
-// threads are not pinned or hold every CPU), and inherit that: on a host where every core runs a rank, a
-// streamed token then waits until a rank's thread yields instead of preempting rank 0 mid-step (which would
-// stall the all-reduce partner too), and a core that no rank uses serves them at once. Rank 0's own thread
-// keeps its normal priority and binding.
+// threads are not pinned or hold every CPU), and inherit that: on a host where every core runs a
+// rank, a streamed token then waits until a rank's thread yields instead of preempting rank 0
+// mid-step (which would stall the all-reduce partner too), and a core that no rank uses serves
+// them at once. Rank 0's own thread keeps its normal priority and binding.
 Result<std::unique_ptr<Gateway>> Gateway::Start(const GatewayOptions& opts, const GatewayInfo& info,
                                                 RequestQueue& queue, const ServerCounters& counters,
                                                 Validator validate) {
