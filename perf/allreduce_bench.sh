@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# All-reduce latency and bus bandwidth (MpiComm, 4 B .. 64 MB) at NP ranks: JSON + PNG.
+# All-reduce latency and bus bandwidth (MpiComm, 4 B .. 64 MB) at NP ranks, through shared memory and
+# through MPI in turn: JSON + PNG.
 #   perf/allreduce_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: NP=2 MAX_MIB=64 ITERS=20
 set -euo pipefail
 BUILD="${1:-build}"
@@ -12,10 +13,14 @@ python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 doc = json.load(open(out + ".json"))
-with open(out + ".dat", "w") as d:
-    for p in doc["points"]:
-        d.write(f'{p["bytes"]} {p["latency_us"]:.3f} {p["busbw_gb_s"]:.4f}\n')
-        print(f'{p["bytes"]:>10d} B  {p["latency_us"]:10.1f} us  busbw {p["busbw_gb_s"]:7.3f} GB/s')
+for t in ("shared_memory", "mpi"):
+    with open(f"{out}.{t}.dat", "w") as d:
+        for p in doc["points"]:
+            if p["transport"] != t:
+                continue
+            d.write(f'{p["bytes"]} {p["latency_us"]:.3f} {p["busbw_gb_s"]:.4f}\n')
+            ratio = f'  {p["speedup_over_mpi"]:.2f}x MPI' if "speedup_over_mpi" in p else ""
+            print(f'{t:>13} {p["bytes"]:>10d} B  {p["latency_us"]:10.1f} us  busbw {p["busbw_gb_s"]:7.3f} GB/s{ratio}')
 PY
 if command -v gnuplot >/dev/null; then
   gnuplot <<GP
@@ -27,12 +32,14 @@ set xlabel "message bytes"
 set grid
 set logscale y
 set ylabel "latency (us)"
-plot "$OUT.dat" using 1:2 with linespoints lw 2 title "median latency"
+plot "$OUT.shared_memory.dat" using 1:2 with linespoints lw 2 title "shared memory", \
+     "$OUT.mpi.dat" using 1:2 with linespoints lw 2 title "MPI all-reduce"
 unset logscale y
 set ylabel "bus bandwidth (GB/s)"
-plot "$OUT.dat" using 1:3 with linespoints lw 2 title "busbw = algbw * 2(n-1)/n"
+plot "$OUT.shared_memory.dat" using 1:3 with linespoints lw 2 title "shared memory", \
+     "$OUT.mpi.dat" using 1:3 with linespoints lw 2 title "MPI all-reduce"
 unset multiplot
 GP
   echo "wrote $OUT.json and $OUT.png" >&2
 fi
-rm -f "$OUT.dat"
+rm -f "$OUT.shared_memory.dat" "$OUT.mpi.dat"

@@ -2,7 +2,11 @@
 // that the rank count does not divide. Expected values are computed here from the rank numbers.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdlib>
 #include <numeric>
+#include <string>
+#include <thread>
 
 #include "comm/mpi_comm.h"
 #include "comm/parallel_config.h"
@@ -21,34 +25,86 @@ class Comm : public ::testing::Test {
   int rank_ = 0, size_ = 1;
 };
 
+// Counts that the rank count does not divide, and counts around and over HostAllReduce's 64 K-float
+// slot, through shared memory (the default on one host) and through MPI's all-reduce.
 TEST_F(Comm, AllReduceSumOddCounts) {
-  for (size_t count : {size_t{1}, size_t{7}, size_t{1000}, size_t{4099}}) {
+  const char* env = std::getenv("TPSERVE_SHM_ALLREDUCE");
+  const bool shm_off = env != nullptr && std::string(env) == "0";
+  EXPECT_EQ(world_->host_shared_allreduce(), size_ > 1 && !shm_off)
+      << "every rank of ctest's jobs is on one host";
+  for (bool shared : {true, false}) {
+    world_->SetHostSharedAllReduce(shared);
+    for (size_t count : {size_t{1}, size_t{7}, size_t{1000}, size_t{4099}, size_t{65535}, size_t{65536},
+                         size_t{65537}, size_t{600001}}) {
+      std::vector<float> v(count);
+      for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>(rank_ + 1) * (i % 13);
+      ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
+      const float ranks_sum = size_ * (size_ + 1) / 2.0f;  // sum of (r + 1)
+      for (size_t i = 0; i < count; ++i)
+        ASSERT_EQ(v[i], ranks_sum * (i % 13)) << "shared " << shared << " count " << count << " i " << i;
+    }
+  }
+  world_->SetHostSharedAllReduce(true);
+}
+
+// Back-to-back all-reduces of mixed sizes while one rank at a time lags: a rank that runs ahead
+// must not overwrite a slot its peers still read.
+TEST_F(Comm, AllReduceSumBackToBackWithSkew) {
+  const size_t counts[] = {3, 65537, 100, 200000, 1};
+  for (int it = 0; it < 200; ++it) {
+    const size_t count = counts[it % 5];
+    if (it % 7 == 0 && rank_ == (it / 7) % size_) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     std::vector<float> v(count);
-    for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>(rank_ + 1) * (i % 13);
+    for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>((rank_ + 1) * (it % 5 + 1)) + (i % 7);
     ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
-    const float ranks_sum = size_ * (size_ + 1) / 2.0f;  // sum of (r + 1)
+    const float want_base = static_cast<float>(size_ * (size_ + 1) / 2 * (it % 5 + 1));
     for (size_t i = 0; i < count; ++i)
-      ASSERT_EQ(v[i], ranks_sum * (i % 13)) << "count " << count << " i " << i;
+      ASSERT_EQ(v[i], want_base + static_cast<float>(size_ * (i % 7))) << "iteration " << it << " i " << i;
   }
 }
 
+// A peer that never arrives: the waiting rank gets an error naming that peer, not a hang.
+TEST_F(Comm, AllReduceTimeoutNamesTheMissingRank) {
+  if (size_ == 1) GTEST_SKIP() << "needs a peer";
+  auto lonely = world_->Split(0, rank_, "lonely");  // a group of its own: the others' stay in step
+  ASSERT_TRUE(lonely.ok());
+  ASSERT_TRUE((*lonely)->host_shared_allreduce());
+  if (rank_ == 0) {
+    const double saved = MpiComm::CollectiveTimeout();
+    MpiComm::SetCollectiveTimeout(0.3);
+    float v = 1.0f;
+    const Status st = (*lonely)->AllReduceSum(&v, 1);
+    MpiComm::SetCollectiveTimeout(saved);
+    ASSERT_FALSE(st.ok());
+    EXPECT_NE(st.message().find("waiting for rank 1"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("'lonely'"), std::string::npos) << st.message();
+  }
+  EXPECT_TRUE(world_->Barrier().ok());
+}
+
+// Deterministic mode without shared memory (the all-gather path), and shared memory without it:
+// both sum in rank order.
 TEST_F(Comm, DeterministicAllReduceSumsInRankOrder) {
   // Values whose float sum depends on the order: rank r adds 1e8 * (-1)^r + r * 0.5.
-  world_->SetDeterministic(true);
-  for (size_t count : {size_t{1}, size_t{5}, size_t{4097}}) {
-    std::vector<float> v(count);
-    for (size_t i = 0; i < count; ++i)
-      v[i] = (rank_ % 2 ? -1e8f : 1e8f) + rank_ * 0.5f + static_cast<float>(i);
-    ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
-    for (size_t i = 0; i < count; ++i) {
-      float want = 0;
-      for (int r = 0; r < size_; ++r) {
-        const float c = (r % 2 ? -1e8f : 1e8f) + r * 0.5f + static_cast<float>(i);
-        want = r == 0 ? c : want + c;
+  for (bool shared : {false, true}) {
+    world_->SetHostSharedAllReduce(shared);
+    world_->SetDeterministic(!shared);
+    for (size_t count : {size_t{1}, size_t{5}, size_t{4097}, size_t{70001}}) {
+      std::vector<float> v(count);
+      for (size_t i = 0; i < count; ++i)
+        v[i] = (rank_ % 2 ? -1e8f : 1e8f) + rank_ * 0.5f + static_cast<float>(i);
+      ASSERT_TRUE(world_->AllReduceSum(v.data(), count).ok());
+      for (size_t i = 0; i < count; ++i) {
+        float want = 0;
+        for (int r = 0; r < size_; ++r) {
+          const float c = (r % 2 ? -1e8f : 1e8f) + r * 0.5f + static_cast<float>(i);
+          want = r == 0 ? c : want + c;
+        }
+        ASSERT_EQ(v[i], want) << "shared " << shared << " count " << count << " i " << i;
       }
-      ASSERT_EQ(v[i], want) << "count " << count << " i " << i;
     }
   }
+  world_->SetHostSharedAllReduce(true);
   world_->SetDeterministic(false);
 }
 

@@ -1,7 +1,6 @@
 #include "comm/mpi_comm.h"
 
 #include <mpi.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,8 +9,9 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 
+#include "comm/host_allreduce.h"
+#include "comm/wait_pacer.h"
 #include "common/log.h"
 
 namespace tpserve {
@@ -87,6 +87,8 @@ void MpiEnv::Abort(int code) {
 // ---------------------------------------------------------------------------------------------
 struct MpiComm::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
+  std::unique_ptr<HostAllReduce> host;  // null: the group spans hosts (or has one rank)
+  bool use_host = true;
 };
 
 MpiComm::MpiComm(std::unique_ptr<Impl> impl, std::string name)
@@ -94,9 +96,19 @@ MpiComm::MpiComm(std::unique_ptr<Impl> impl, std::string name)
   MPI_Comm_rank(impl_->comm, &rank_);
   MPI_Comm_size(impl_->comm, &size_);
   MPI_Comm_set_errhandler(impl_->comm, MPI_ERRORS_RETURN);
+  impl_->host = HostAllReduce::Create(impl_->comm);
+}
+
+void MpiComm::SetHostSharedAllReduce(bool on) {
+  impl_->use_host = on;
+}
+
+bool MpiComm::host_shared_allreduce() const {
+  return impl_->host != nullptr && impl_->use_host;
 }
 
 MpiComm::~MpiComm() {
+  if (impl_) impl_->host.reset();  // local (munmap): no collective at teardown
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (impl_ && impl_->comm != MPI_COMM_NULL && !finalized) MPI_Comm_free(&impl_->comm);
@@ -124,36 +136,20 @@ double MpiComm::CollectiveTimeout() {
 
 Status MpiComm::Wait(void* request_ptr, const char* op) {
   MPI_Request* request = static_cast<MPI_Request*>(request_ptr);
-  using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
-  const auto deadline = start + std::chrono::duration<double>(g_timeout_s.load());
-  // Spin for the first 50 us (decode-step latency), then yield, then sleep with a backoff
-  // capped at 1 ms (an idle rank costs ~0 CPU while the wake-up delay stays small).
-  constexpr auto kSpin = std::chrono::microseconds(50);
-  constexpr auto kYield = std::chrono::microseconds(2000);
-  auto sleep = std::chrono::microseconds(20);
-  for (uint64_t iter = 0;; ++iter) {
+  WaitPacer pacer(g_timeout_s.load());
+  for (;;) {
     int done = 0;
     int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) {
       return TPS_ERROR("{} on group '{}' failed on rank {}: {}", op, name_, rank_, MpiErrorString(rc));
     }
     if (done) return Status();
-    const auto now = Clock::now();
-    if (now > deadline) {
+    if (!pacer.Pause()) {
       return TPS_ERROR(
           "{} on group '{}' timed out after {:.0f} s on rank {} (of {}): a peer rank died or hung; "
           "raise TPSERVE_COLLECTIVE_TIMEOUT if this step is legitimately slow",
           op, name_, g_timeout_s.load(), rank_, size_);
     }
-    const auto waited = now - start;
-    if (waited < kSpin) continue;
-    if (waited < kYield) {
-      sched_yield();
-      continue;
-    }
-    std::this_thread::sleep_for(sleep);
-    sleep = std::min(sleep * 2, std::chrono::microseconds(1000));
   }
 }
 
@@ -166,6 +162,8 @@ Status MpiComm::AllReduceSum(float* data, size_t count) {
 }
 
 Status MpiComm::AllReduceSumImpl(float* data, size_t count) {
+  // Shared memory sums in rank order at every size: deterministic as it is.
+  if (host_shared_allreduce()) return impl_->host->Run(data, count, g_timeout_s.load(), name_);
   if (deterministic_ && count * size_ * sizeof(float) <= static_cast<size_t>(INT_MAX)) {
     // Every rank gathers all contributions and sums them in rank order: ((c0 + c1) + c2) + ...
     gather_scratch_.resize(count * size_);

@@ -64,6 +64,12 @@ class MpiComm final : public Communicator {
   void SetDeterministic(bool on) override { deterministic_ = on; }
   double allreduce_seconds() const override { return allreduce_seconds_; }
 
+  // Where every rank of the group is on one host, AllReduceSum goes through a shared-memory
+  // segment (HostAllReduce, in rank order) rather than MPI's all-reduce: on by default,
+  // TPSERVE_SHM_ALLREDUCE=0 at start-up leaves MPI's. Set it alike on every rank of the group.
+  void SetHostSharedAllReduce(bool on);
+  bool host_shared_allreduce() const;  // true: AllReduceSum uses it
+
   // Deadline for every collective (all MpiComm instances). Default 600 s; TPSERVE_COLLECTIVE_TIMEOUT
   // (seconds) overrides it at start-up.
   static void SetCollectiveTimeout(double seconds);
