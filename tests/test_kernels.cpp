@@ -5,11 +5,16 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <thread>
 
 #include "cpu/kernels.h"
+#include "cpu/large_buffer.h"
 #include "cpu/thread_pool.h"
 #include "test_util.h"
 
@@ -246,6 +251,48 @@ TEST(Kernels, Int8QuantizationRoundTripsWithinHalfAStep) {
 
 // The pool runs every index exactly once, from any number of threads, many times in a row; chunks
 // start at multiples of the grain and hold at least one grain (but the last may be shorter).
+// The VmFlags line of /proc/self/smaps for the mapping that holds `p` ("" when not found).
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') inside = lo <= at && at < hi;
+    if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+  }
+  return "";
+}
+
+TEST(Kernels, LargeBufferAlignmentAdviceAndMoves) {
+  kernels::LargeBuffer small(100);
+  ASSERT_NE(small.data(), nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % 64, 0u);
+  std::memset(small.data(), 1, 100);
+
+  const size_t big_bytes = (size_t{5} << 20) + 123;  // not a multiple of the 2 MB page
+  kernels::LargeBuffer big(big_bytes);
+  ASSERT_NE(big.data(), nullptr);
+  const auto* bytes = big.as<const unsigned char>();
+  for (size_t i = 0; i < big_bytes; i += 4093) ASSERT_EQ(bytes[i], 0) << i;  // untouched memory reads zero
+  big.as<unsigned char>()[big_bytes - 1] = 7;                                // the last byte is ours
+  if (kernels::LargeBuffer::HugePagesRequested()) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % (size_t{2} << 20), 0u);
+    if (std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good()) {
+      // madvise(MADV_HUGEPAGE) reached the kernel: the mapping carries the "hg" flag.
+      EXPECT_NE(VmFlagsOf(big.data()).find(" hg"), std::string::npos) << VmFlagsOf(big.data());
+    }
+  }
+  kernels::LargeBuffer moved(std::move(big));
+  EXPECT_EQ(big.data(), nullptr);
+  EXPECT_EQ(moved.bytes(), big_bytes);
+  EXPECT_EQ(moved.as<unsigned char>()[big_bytes - 1], 7);
+  moved = kernels::LargeBuffer(64);  // frees the mapping
+  EXPECT_EQ(moved.bytes(), 64u);
+}
+
 TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
   for (int threads : {1, 2, 3, 4}) {
     SetThreads(threads);

@@ -187,13 +187,8 @@ void GemmNT(const float* x, int n, const void* w, DType wt, int m, int k, float*
   });
 }
 
-void PackedBf16::Free::operator()(uint16_t* p) const {
-  std::free(p);
-}
-
-PackedBf16::PackedBf16(int m, int k, int kpad) : m_(m), k_(k), kpad_(kpad) {
-  data_.reset(static_cast<uint16_t*>(std::aligned_alloc(64, bytes())));
-  if (!data_) {
+PackedBf16::PackedBf16(int m, int k, int kpad) : m_(m), k_(k), kpad_(kpad), data_(bytes()) {
+  if (data_.data() == nullptr) {
     std::fprintf(stderr, "tpserve: out of memory packing a %dx%d bf16 matrix\n", m, k);
     std::abort();
   }

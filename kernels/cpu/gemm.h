@@ -12,6 +12,7 @@
 
 #include "cpu/dtype.h"
 #include "cpu/kernels.h"
+#include "cpu/large_buffer.h"
 
 namespace tpserve::kernels {
 
@@ -56,16 +57,15 @@ class PackedBf16 {
   int cols() const { return k_; }
   int padded_cols() const { return kpad_; }  // k rounded up to kPackedKAlign
   int blocks() const { return (m_ + kPackedRows - 1) / kPackedRows; }
-  const uint16_t* block(int b) const { return data_.get() + static_cast<size_t>(b) * kpad_ * kPackedRows; }
+  const uint16_t* block(int b) const {
+    return data_.as<uint16_t>() + static_cast<size_t>(b) * kpad_ * kPackedRows;
+  }
   size_t bytes() const { return static_cast<size_t>(blocks()) * kpad_ * kPackedRows * sizeof(uint16_t); }
 
  private:
-  struct Free {
-    void operator()(uint16_t* p) const;
-  };
   PackedBf16(int m, int k, int kpad);
   int m_, k_, kpad_;
-  std::unique_ptr<uint16_t, Free> data_;
+  LargeBuffer data_;  // on huge pages where the kernel offers them
 };
 
 // y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): PackedBf16Fn below kGemmMinRows rows;

@@ -1,6 +1,8 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -22,9 +24,14 @@ KvCachePool::KvCachePool(const ModelConfig& c, const RankShard& shard, int64_t n
     const int nkv = static_cast<int>(l.kv_heads.size());
     kv_heads_.push_back(nkv);
     const size_t n = static_cast<size_t>(num_blocks) * nkv * block_size * c.head_dim;
-    // new float[] leaves the memory untouched, so the OS maps pages as blocks are first used.
-    k_.emplace_back(new float[n]);
-    v_.emplace_back(new float[n]);
+    // Untouched until blocks are first used (on huge pages where the kernel offers them).
+    k_.emplace_back(n * sizeof(float));
+    v_.emplace_back(n * sizeof(float));
+    if (k_.back().data() == nullptr || v_.back().data() == nullptr) {
+      std::fprintf(stderr, "tpserve: out of memory allocating the KV cache (%lld blocks)\n",
+                   static_cast<long long>(num_blocks));
+      std::abort();
+    }
   }
   free_.resize(num_blocks);
   for (int64_t i = 0; i < num_blocks; ++i)

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "cpu/large_buffer.h"
 #include "model/config.h"
 #include "model/partition_plan.h"
 
@@ -48,16 +49,17 @@ class KvCachePool {
   }
 
  private:
-  float* Row(std::vector<std::unique_ptr<float[]>>& buf, int layer, int32_t block, int head, int slot) {
+  float* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
     const int nkv = kv_heads_[layer];
-    return buf[layer].get() + ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
+    return buf[layer].as<float>() +
+           ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
   }
 
   int block_size_, head_dim_;
   int64_t num_blocks_, bytes_per_token_;
-  std::vector<int> kv_heads_;                    // [layer] -> local KV heads
-  std::vector<std::unique_ptr<float[]>> k_, v_;  // [layer] -> pool; pages are touched only when used
-  std::vector<int32_t> free_;                    // stack of free block ids
+  std::vector<int> kv_heads_;                // [layer] -> local KV heads
+  std::vector<kernels::LargeBuffer> k_, v_;  // [layer] -> pool; pages are touched only when used
+  std::vector<int32_t> free_;                // stack of free block ids
 };
 
 // The cache state of one sequence: its block table and how many tokens are stored.

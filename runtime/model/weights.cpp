@@ -10,11 +10,8 @@ namespace tpserve {
 
 using kernels::DType;
 
-HostTensor::HostTensor(DType dtype, int64_t rows, int64_t cols) : dtype_(dtype), rows_(rows), cols_(cols) {
-  // 64-byte alignment: one cache line / one AVX-512 register; aligned_alloc needs a multiple of it.
-  const size_t n = (bytes() + 63) / 64 * 64;
-  data_.reset(std::aligned_alloc(64, n == 0 ? 64 : n));
-}
+HostTensor::HostTensor(DType dtype, int64_t rows, int64_t cols)
+    : dtype_(dtype), rows_(rows), cols_(cols), data_(bytes()) {}  // 64-byte aligned (LargeBuffer)
 
 HostTensor HostTensor::QuantizedInt8(const HostTensor& src) {
   HostTensor q(DType::kI8, src.rows(), src.cols());
@@ -36,10 +33,10 @@ void HostTensor::RowToF32(int64_t r, float* out) const {
 }
 
 bool HostTensor::Pack() {
-  if (packed_ || dtype_ != DType::kBF16 || data_ == nullptr) return false;
+  if (packed_ || dtype_ != DType::kBF16 || data_.data() == nullptr) return false;
   packed_ = kernels::PackedBf16::Pack(static_cast<const uint16_t*>(data()), static_cast<int>(rows_),
                                       static_cast<int>(cols_));
-  if (packed_) data_.reset();
+  if (packed_) data_ = kernels::LargeBuffer();
   return packed_ != nullptr;
 }
 

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "cpu/dtype.h"
 #include "cpu/gemm.h"
+#include "cpu/large_buffer.h"
 #include "model/config.h"
 #include "model/partition_plan.h"
 #include "model/safetensors.h"
@@ -25,13 +26,13 @@ class HostTensor {
  public:
   HostTensor() = default;
   HostTensor(kernels::DType dtype, int64_t rows, int64_t cols);
-  bool empty() const { return data_ == nullptr && packed_ == nullptr; }
+  bool empty() const { return data_.data() == nullptr && packed_ == nullptr; }
   kernels::DType dtype() const { return dtype_; }
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   size_t bytes() const { return static_cast<size_t>(rows_ * cols_) * kernels::DTypeSize(dtype_); }
-  void* data() { return data_.get(); }
-  const void* data() const { return data_.get(); }
+  void* data() { return data_.data(); }
+  const void* data() const { return data_.data(); }
   const float* f32() const { return static_cast<const float*>(data()); }
   const void* row(int64_t r) const {
     return static_cast<const char*>(data()) + static_cast<size_t>(r * cols_) * kernels::DTypeSize(dtype_);
@@ -51,12 +52,9 @@ class HostTensor {
   const kernels::PackedBf16* packed() const { return packed_.get(); }
 
  private:
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
   kernels::DType dtype_ = kernels::DType::kF32;
   int64_t rows_ = 0, cols_ = 0;
-  std::unique_ptr<void, Free> data_;
+  kernels::LargeBuffer data_;  // on huge pages where the kernel offers them
   std::unique_ptr<kernels::PackedBf16> packed_;
   std::vector<float> scales_;
 };
