@@ -4,12 +4,14 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <thread>
 
 #include "comm/mpi_comm.h"
 #include "comm/parallel_config.h"
+#include "comm/wait_pacer.h"
 
 namespace tpserve {
 namespace {
@@ -47,8 +49,10 @@ TEST_F(Comm, AllReduceSumOddCounts) {
   world_->SetHostSharedAllReduce(true);
 }
 
-// Back-to-back all-reduces of mixed sizes while one rank at a time lags: a rank that runs ahead
-// must not overwrite a slot its peers still read.
+// Back-to-back all-reduces of mixed sizes, several chunks long, while one rank at a time lags: a
+// rank that runs ahead must not overwrite a slot its peers still read. (The lag comes before a
+// call; a version of the protocol with one slot per rank failed this through the timing races
+// of the multi-chunk messages, in every run at 2-4 ranks.)
 TEST_F(Comm, AllReduceSumBackToBackWithSkew) {
   const size_t counts[] = {3, 65537, 100, 200000, 1};
   for (int it = 0; it < 200; ++it) {
@@ -65,8 +69,9 @@ TEST_F(Comm, AllReduceSumBackToBackWithSkew) {
 
 // A peer that never arrives: the waiting rank gets an error naming that peer, not a hang.
 TEST_F(Comm, AllReduceTimeoutNamesTheMissingRank) {
-  if (size_ == 1) GTEST_SKIP() << "needs a peer";
-  auto lonely = world_->Split(0, rank_, "lonely");  // a group of its own: the others' stay in step
+  if (size_ == 1 || !world_->host_shared_allreduce()) GTEST_SKIP() << "needs a peer and shared memory";
+  // A fresh communicator over all ranks: world_'s own collectives stay in step.
+  auto lonely = world_->Split(0, rank_, "lonely");
   ASSERT_TRUE(lonely.ok());
   ASSERT_TRUE((*lonely)->host_shared_allreduce());
   if (rank_ == 0) {
@@ -80,6 +85,32 @@ TEST_F(Comm, AllReduceTimeoutNamesTheMissingRank) {
     EXPECT_NE(st.message().find("'lonely'"), std::string::npos) << st.message();
   }
   EXPECT_TRUE(world_->Barrier().ok());
+}
+
+// Ranks that pass different counts (a caller's bug) get an error naming the mismatch, not a sum
+// of stale slots, and the communicator refuses further all-reduces.
+TEST_F(Comm, AllReduceCountMismatchIsAnError) {
+  if (size_ == 1 || !world_->host_shared_allreduce()) GTEST_SKIP() << "needs a peer and shared memory";
+  auto group = world_->Split(0, rank_, "mismatch");
+  ASSERT_TRUE(group.ok());
+  std::vector<float> v(10 + rank_, 1.0f);
+  const Status st = (*group)->AllReduceSum(v.data(), v.size());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("floats where rank"), std::string::npos) << st.message();
+  const Status again = (*group)->AllReduceSum(v.data(), v.size());
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.message().find("an earlier all-reduce failed"), std::string::npos) << again.message();
+  EXPECT_TRUE(world_->Barrier().ok());
+}
+
+// An infinite or huge collective timeout never expires (it is not converted to clock ticks, where
+// it would overflow); a zero one expires at once.
+TEST(WaitPacerTest, InfiniteTimeoutNeverExpiresZeroExpiresAtOnce) {
+  WaitPacer infinite(std::numeric_limits<double>::infinity()), huge(1e300), none(0.0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(infinite.Pause());
+  EXPECT_TRUE(huge.Pause());
+  EXPECT_FALSE(none.Pause());
 }
 
 // Deterministic mode without shared memory (the all-gather path), and shared memory without it:

@@ -249,8 +249,6 @@ TEST(Kernels, Int8QuantizationRoundTripsWithinHalfAStep) {
   for (int8_t v : q) EXPECT_EQ(v, 0);
 }
 
-// The pool runs every index exactly once, from any number of threads, many times in a row; chunks
-// start at multiples of the grain and hold at least one grain (but the last may be shorter).
 // The VmFlags line of /proc/self/smaps for the mapping that holds `p` ("" when not found).
 std::string VmFlagsOf(const void* p) {
   std::ifstream smaps("/proc/self/smaps");
@@ -293,6 +291,8 @@ TEST(Kernels, LargeBufferAlignmentAdviceAndMoves) {
   EXPECT_EQ(moved.bytes(), 64u);
 }
 
+// The pool runs every index exactly once, from any number of threads, many times in a row; chunks
+// start at multiples of the grain and hold at least one grain (but the last may be shorter).
 TEST(Kernels, ThreadPoolCoversEveryIndexOnce) {
   for (int threads : {1, 2, 3, 4}) {
     SetThreads(threads);

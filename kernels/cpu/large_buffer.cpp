@@ -29,12 +29,16 @@ bool LargeBuffer::HugePagesRequested() {
 LargeBuffer::LargeBuffer(size_t bytes) : bytes_(bytes) {
   if (!HugePagesRequested() || bytes < kHugePage) {
     data_ = std::aligned_alloc(64, RoundUp(bytes == 0 ? 64 : bytes, 64));
+    if (data_ == nullptr) bytes_ = 0;
     return;
   }
   // One huge page more than needed: keep the 2 MB-aligned part, unmap the rest.
   const size_t size = RoundUp(bytes, kHugePage);
   void* raw = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return;
+  if (raw == MAP_FAILED) {
+    bytes_ = 0;
+    return;
+  }
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw), end = start + size + kHugePage;
   const uintptr_t aligned = RoundUp(start, kHugePage);
   if (aligned > start) munmap(raw, aligned - start);

@@ -3,8 +3,10 @@
 // page-table walk for every 4 KB (the second-level TLB covers a few MB), on 2 MB pages one per
 // 2 MB. From 2 MB up a buffer is an anonymous mapping aligned to 2 MB with madvise(MADV_HUGEPAGE),
 // which THP's "madvise" mode (Debian's default) needs; smaller ones come from aligned_alloc
-// (64-byte aligned). The memory is untouched until first written, and zero where mapped.
-// TPSERVE_HUGE_PAGES=0 keeps 4 KB pages everywhere (for A/B measurements).
+// (64-byte aligned). The memory is untouched until first written, and zero where mapped. A mapped
+// buffer may hold up to one huge page more than it asked for once its last page is touched.
+// TPSERVE_HUGE_PAGES=0 asks for no huge pages (for A/B measurements; under THP mode "always" the
+// kernel may still use them).
 #pragma once
 
 #include <cstddef>
@@ -14,7 +16,7 @@ namespace tpserve::kernels {
 class LargeBuffer {
  public:
   LargeBuffer() = default;
-  explicit LargeBuffer(size_t bytes);  // data() is nullptr when out of memory
+  explicit LargeBuffer(size_t bytes);  // data() is nullptr (and bytes() 0) when out of memory
   ~LargeBuffer();
   LargeBuffer(LargeBuffer&& other) noexcept;
   LargeBuffer& operator=(LargeBuffer&& other) noexcept;

@@ -4,10 +4,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <random>
 
 #include "comm/wait_pacer.h"
 #include "common/log.h"
@@ -41,15 +46,25 @@ std::unique_ptr<HostAllReduce> HostAllReduce::Create(MPI_Comm comm) {
   const bool wanted = env == nullptr || std::strcmp(env, "0") != 0;
   if (!AllRanks(comm, wanted && local_size == size)) return nullptr;
 
-  // rank 0 creates the segment under a name unique to it and this group, then sends the name.
-  static int serial = 0;
+  // rank 0 creates the segment under a random name (unique across jobs and PID namespaces that
+  // share /dev/shm) and sends the name; its pages are allocated now, so a full /dev/shm is a
+  // failure here rather than a SIGBUS on first use.
   char name[64] = {};
   const size_t bytes = kPartBytes * size;
+  std::string why;  // this rank's reason for failing, if it does
   int fd = -1;
   if (rank == 0) {
-    std::snprintf(name, sizeof(name), "/tpserve-allreduce-%d-%d", static_cast<int>(getpid()), serial++);
-    fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd >= 0 && ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    std::random_device random;
+    for (int attempt = 0; attempt < 4 && fd < 0; ++attempt) {
+      std::snprintf(name, sizeof(name), "/tpserve-allreduce-%d-%08x%08x", static_cast<int>(getpid()),
+                    random(), random());
+      fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+      if (fd < 0 && errno != EEXIST) break;
+    }
+    if (fd < 0) {
+      why = std::string("shm_open: ") + std::strerror(errno);
+    } else if (const int err = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); err != 0) {
+      why = std::string("allocating ") + std::to_string(bytes) + " bytes: " + std::strerror(err);
       close(fd);
       shm_unlink(name);
       fd = -1;
@@ -57,10 +72,21 @@ std::unique_ptr<HostAllReduce> HostAllReduce::Create(MPI_Comm comm) {
     if (fd < 0) name[0] = '\0';  // tells the others there is nothing to open
   }
   MPI_Bcast(name, sizeof(name), MPI_CHAR, 0, comm);
-  if (rank != 0 && name[0] != '\0') fd = shm_open(name, O_RDWR, 0);
+  if (rank != 0 && name[0] != '\0') {
+    fd = shm_open(name, O_RDWR, 0);
+    struct stat st {};
+    if (fd < 0) {
+      why = std::string("shm_open: ") + std::strerror(errno);
+    } else if (fstat(fd, &st) != 0 || static_cast<size_t>(st.st_size) != bytes) {
+      why = "the segment has an unexpected size";
+      close(fd);
+      fd = -1;
+    }
+  }
   void* base = MAP_FAILED;
   if (fd >= 0) {
     base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) why = std::string("mmap: ") + std::strerror(errno);
     close(fd);
   }
   if (rank == 0 && base != MAP_FAILED) {
@@ -70,9 +96,7 @@ std::unique_ptr<HostAllReduce> HostAllReduce::Create(MPI_Comm comm) {
   if (rank == 0 && name[0] != '\0') shm_unlink(name);
   if (!mapped) {
     if (base != MAP_FAILED) munmap(base, bytes);
-    if (rank == 0) {
-      log::Warn("shared-memory all-reduce unavailable (/dev/shm too small or not writable?): using MPI's");
-    }
+    if (!why.empty()) log::Warn("shared-memory all-reduce unavailable ({}): using MPI's", why);
     return nullptr;
   }
   return std::unique_ptr<HostAllReduce>(new HostAllReduce(base, bytes, rank, size));
@@ -94,24 +118,33 @@ float* HostAllReduce::slot(int r, int parity) const {
   return reinterpret_cast<float*>(part + kFlagsBytes) + kSlotFloats * parity;
 }
 
-Status HostAllReduce::WaitReady(uint64_t seq, double timeout_s, const std::string& group) const {
+Status HostAllReduce::WaitReady(uint64_t seq, int parity, size_t n, double timeout_s,
+                                const std::string& group) const {
+  WaitPacer pacer(timeout_s);  // one deadline for all peers
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
-    const std::atomic<uint64_t>& c = flags(r).ready;
-    WaitPacer pacer(timeout_s);
-    while (c.load(std::memory_order_acquire) < seq) {
+    const Flags& peer = flags(r);
+    while (peer.ready.load(std::memory_order_acquire) < seq) {
       if (!pacer.Pause()) {
         return TPS_ERROR(
-            "all_reduce on group '{}' timed out after {:.0f} s on rank {} (of {}) waiting for rank {}: "
+            "all_reduce on group '{}' timed out after {:g} s on rank {} (of {}) waiting for rank {}: "
             "a peer rank died or hung; raise TPSERVE_COLLECTIVE_TIMEOUT if this step is legitimately slow",
             group, timeout_s, rank_, size_, r);
       }
+    }
+    if (peer.length[parity] != n) {  // written before its ready store, read after our acquire
+      return TPS_ERROR(
+          "all_reduce on group '{}': rank {} passed a chunk of {} floats where rank {} passed {} "
+          "(every rank must reduce the same count)",
+          group, r, peer.length[parity], rank_, n);
     }
   }
   return Status();
 }
 
 Status HostAllReduce::Run(float* data, size_t count, double timeout_s, const std::string& group) {
+  if (broken_)
+    return TPS_ERROR("all_reduce on group '{}': an earlier all-reduce failed on rank {}", group, rank_);
   Flags& mine = flags(rank_);
   for (size_t off = 0; off < count; off += kSlotFloats) {
     const size_t n = std::min(kSlotFloats, count - off);
@@ -120,8 +153,12 @@ Status HostAllReduce::Run(float* data, size_t count, double timeout_s, const std
     // This slot last held chunk seq - 2, which every peer has finished summing: it marked chunk
     // seq - 1 ready (after that sum) before this rank got past the wait for seq - 1.
     std::memcpy(slot(rank_, parity), data + off, n * sizeof(float));
+    mine.length[parity] = n;
     mine.ready.store(seq, std::memory_order_release);
-    TPS_RETURN_IF_ERROR(WaitReady(seq, timeout_s, group));
+    if (Status st = WaitReady(seq, parity, n, timeout_s, group); !st.ok()) {
+      broken_ = true;
+      return st;
+    }
     // Rank order on every rank: the same bits everywhere. Blocks of 2K floats keep the partial
     // sums in L1 across the ranks' slots.
     float* out = data + off;

@@ -5,7 +5,8 @@
 // ranks get the same bits, and the result does not depend on the message size (deterministic
 // inference needs no other path). Messages longer than a slot go through in slot-sized chunks,
 // two slots per rank in turn: a rank fills its next chunk while slower peers still read the last,
-// and one counter per rank ("chunks ready") is all the synchronisation (host_allreduce.cpp).
+// and one counter per rank ("chunks ready") is all the synchronisation (host_allreduce.cpp). Each
+// rank also publishes its chunk's length, so ranks that pass different counts get an error.
 //
 // Internal to tpserve_comm: MpiComm owns one per group (mpi_comm.h).
 #pragma once
@@ -17,7 +18,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "common/status.h"
 
@@ -26,15 +26,17 @@ namespace tpserve {
 class HostAllReduce {
  public:
   // Collective over `comm`. nullptr (the caller keeps MPI's all-reduce) when the group has one
-  // rank, spans hosts, or any rank cannot map the segment. rank 0 names the segment, and unlinks
-  // it once every rank has mapped it, so nothing is left in /dev/shm after a crash.
+  // rank, spans hosts, or any rank cannot map the segment. rank 0 creates the segment under a
+  // random name and unlinks it as soon as every rank has mapped it, so a running job leaves
+  // nothing in /dev/shm that a crash could strand.
   static std::unique_ptr<HostAllReduce> Create(MPI_Comm comm);
   ~HostAllReduce();
   HostAllReduce(const HostAllReduce&) = delete;
   HostAllReduce& operator=(const HostAllReduce&) = delete;
 
   // data(count) <- sum over the group's ranks, in rank order. Every rank calls it with the same
-  // count. A peer that does not arrive within timeout_s seconds gives an error naming it.
+  // count. A peer that does not arrive within timeout_s seconds, or passes another count, gives
+  // an error naming it; after an error the object refuses further calls (the job is ending).
   Status Run(float* data, size_t count, double timeout_s, const std::string& group);
 
   static constexpr size_t kSlotFloats = size_t{64} << 10;  // 256 KB: a chunk stays in L2
@@ -42,17 +44,20 @@ class HostAllReduce {
  private:
   struct Flags {  // one rank's progress, at the head of its part of the segment
     alignas(64) std::atomic<uint64_t> ready{0};  // chunks copied into its slots
+    uint64_t length[2] = {0, 0};                 // floats of the chunk in each slot (before ready)
   };
+  static_assert(std::atomic<uint64_t>::is_always_lock_free, "atomics shared between processes");
   HostAllReduce(void* base, size_t bytes, int rank, int size);
   Flags& flags(int r) const;
   float* slot(int r, int parity) const;
-  // Waits until every peer has copied chunk seq into its slot.
-  Status WaitReady(uint64_t seq, double timeout_s, const std::string& group) const;
+  // Waits until every peer has copied chunk seq (of n floats, in slot `parity`) into its slot.
+  Status WaitReady(uint64_t seq, int parity, size_t n, double timeout_s, const std::string& group) const;
 
   void* base_;
   size_t bytes_;
   int rank_, size_;
-  uint64_t seq_ = 0;  // chunks reduced so far (the same on every rank)
+  uint64_t seq_ = 0;     // chunks reduced so far (the same on every rank)
+  bool broken_ = false;  // a wait failed: the ranks are out of step
 };
 
 }  // namespace tpserve

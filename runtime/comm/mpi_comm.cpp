@@ -146,7 +146,7 @@ Status MpiComm::Wait(void* request_ptr, const char* op) {
     if (done) return Status();
     if (!pacer.Pause()) {
       return TPS_ERROR(
-          "{} on group '{}' timed out after {:.0f} s on rank {} (of {}): a peer rank died or hung; "
+          "{} on group '{}' timed out after {:g} s on rank {} (of {}): a peer rank died or hung; "
           "raise TPSERVE_COLLECTIVE_TIMEOUT if this step is legitimately slow",
           op, name_, g_timeout_s.load(), rank_, size_);
     }

@@ -2,10 +2,11 @@
 // Move-only owner of its MPI_Comm (freed on destruction); Split() returns a new owner.
 // No MPI types in this header (pimpl).
 //
-// Watchdog: every collective is issued non-blocking and waited on with a deadline
-// (SetCollectiveTimeout). Waiting spins briefly for latency, then yields and sleeps with a
-// growing backoff, so an idle rank does not burn a core. On timeout the Status names the
-// collective, the group and this rank; the caller aborts the job (MpiEnv::Abort).
+// Watchdog: every collective is waited on with a deadline (SetCollectiveTimeout): MPI's issued
+// non-blocking, the shared-memory all-reduce on its peers' counters. Waiting spins briefly for
+// latency, then yields and sleeps with a growing backoff (WaitPacer), so an idle rank does not
+// burn a core. On timeout the Status names the collective, the group and this rank; the caller
+// aborts the job (MpiEnv::Abort).
 #pragma once
 
 #include <memory>

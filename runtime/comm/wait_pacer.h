@@ -14,15 +14,13 @@ namespace tpserve {
 
 class WaitPacer {
  public:
-  explicit WaitPacer(double timeout_s)
-      : start_(Clock::now()),
-        deadline_(start_ +
-                  std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s))) {}
+  // timeout_s may be huge or infinite (TPSERVE_COLLECTIVE_TIMEOUT=inf): compared as a double, never
+  // converted to clock ticks, where it would overflow.
+  explicit WaitPacer(double timeout_s) : start_(Clock::now()), timeout_s_(timeout_s) {}
 
   bool Pause() {
-    const auto now = Clock::now();
-    if (now > deadline_) return false;
-    const auto waited = now - start_;
+    const auto waited = Clock::now() - start_;
+    if (std::chrono::duration<double>(waited).count() > timeout_s_) return false;
     if (waited < kSpin) return true;
     if (waited < kYield) {
       sched_yield();
@@ -37,7 +35,8 @@ class WaitPacer {
   using Clock = std::chrono::steady_clock;
   static constexpr auto kSpin = std::chrono::microseconds(50);
   static constexpr auto kYield = std::chrono::microseconds(2000);
-  Clock::time_point start_, deadline_;
+  Clock::time_point start_;
+  double timeout_s_;
   std::chrono::microseconds sleep_{20};
 };
 
