@@ -88,6 +88,12 @@ int StartJob(const JobFlags& f, int argc, char** argv, Job* job, const Status& e
   auto tp_or = job->world->Split(pc->tp_group_color(), pc->world_rank, "tp");
   if (!AllOk(*job->world, tp_or.status())) return 1;
   job->tp = std::move(tp_or).value();
+  if (pc->world_rank == 0 && job->tp->size() > 1) {
+    log::Info("TP all-reduce: {}",
+              job->tp->host_shared_allreduce()
+                  ? "shared memory (every rank of the group on this host)"
+                  : "MPI (the group spans hosts, /dev/shm is unusable, or TPSERVE_SHM_ALLREDUCE=0)");
+  }
   LoadOptions load = f.load;
   load.show_progress = true;
   auto model_or = LoadModel(load, *job->tp);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Greedy tokens through the real `tpserve run` binary are identical at TP 1, 2 and 4 (synthetic
-# f32 model, 64 tokens, also with a YAML plan from tpserve-partition), equal the float64
-# reference's, and at TP 1/2/4/8 on stories260K when ../shared is present.
+# f32 model, 64 tokens, also with a YAML plan from tpserve-partition, and through either all-reduce
+# path), equal the float64 reference's, and at TP 1/2/4/8 on stories260K when ../shared is present.
 source "$(dirname "$0")/lib.sh"
 
 # The generated ids of a `tpserve run --json` object, comma-separated.
@@ -15,6 +15,16 @@ for tp in 1 2 4; do
   ids=$(echo "$got" | ids_of)
   [ "$ids" = "$want" ] && pass "tiny f32 TP $tp matches the float64 reference" || fail "tiny TP $tp: $ids != $want"
 done
+
+# On one host the ranks all-reduce through shared memory (the start-up log says which path); MPI's
+# all-reduce, chosen with TPSERVE_SHM_ALLREDUCE=0, gives the same tokens.
+grep -q "TP all-reduce: shared memory" "$WORK/err2" && grep -q "TP all-reduce: shared memory" "$WORK/err4" \
+  && pass "TP 2 and 4 all-reduce through shared memory" || fail "all-reduce path: $(grep -h all-reduce "$WORK"/err[24])"
+got=$(TPSERVE_SHM_ALLREDUCE=0 "${MPIRUN[@]}" -x TPSERVE_SHM_ALLREDUCE -np 4 "$BIN/tpserve" run --model-path "$WORK/tiny" \
+      --prompt-ids 1,5,9 --max-new-tokens 64 --ignore-eos --json 2>"$WORK/err4mpi")
+ids=$(echo "$got" | ids_of)
+grep -q "TP all-reduce: MPI" "$WORK/err4mpi" && [ "$ids" = "$want" ] \
+  && pass "TP 4 through MPI's all-reduce matches too" || fail "TP 4 MPI all-reduce: $ids; $(grep -h all-reduce "$WORK/err4mpi")"
 
 # The same through a plan file written by tpserve-partition (uneven FFN split at TP 3).
 "$BIN/tpserve-partition" --model-path "$WORK/tiny" --tp 3 -o "$WORK/plan3.yaml" 2>"$WORK/part.err" \
