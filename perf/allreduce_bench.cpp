@@ -55,22 +55,20 @@ int main(int argc, char** argv) {
         if (r >= 0) times[transport].push_back(*std::max_element(all.begin(), all.end()));
       }
     }
-    for (const std::string& transport : transports) {
-      std::vector<double>& ts = times[transport];
+    std::map<std::string, double> median;
+    for (auto& [transport, ts] : times) {
       std::sort(ts.begin(), ts.end());
-      const double median = ts[ts.size() / 2];
-      const double algbw = bytes / median / 1e9;
+      median[transport] = ts[ts.size() / 2];
+    }
+    for (const std::string& transport : transports) {
+      const double algbw = bytes / median[transport] / 1e9;
       nlohmann::json point = {{"transport", transport},
                               {"bytes", bytes},
-                              {"latency_us", median * 1e6},
+                              {"latency_us", median[transport] * 1e6},
                               {"algbw_gb_s", algbw},
                               {"busbw_gb_s", algbw * 2.0 * (n - 1) / n},
                               {"iterations", reps}};
-      if (transport == "shared_memory") {
-        std::vector<double>& mpi = times["mpi"];
-        std::sort(mpi.begin(), mpi.end());
-        point["speedup_over_mpi"] = mpi[mpi.size() / 2] / median;
-      }
+      if (transport == "shared_memory") point["speedup_over_mpi"] = median["mpi"] / median[transport];
       points.push_back(point);
     }
   }

@@ -2,9 +2,8 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <unistd.h>
-
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -99,14 +98,13 @@ std::unique_ptr<HostAllReduce> HostAllReduce::Create(MPI_Comm comm) {
     if (!why.empty()) log::Warn("shared-memory all-reduce unavailable ({}): using MPI's", why);
     return nullptr;
   }
-  return std::unique_ptr<HostAllReduce>(new HostAllReduce(base, bytes, rank, size));
+  return std::unique_ptr<HostAllReduce>(new HostAllReduce(base, rank, size));
 }
 
-HostAllReduce::HostAllReduce(void* base, size_t bytes, int rank, int size)
-    : base_(base), bytes_(bytes), rank_(rank), size_(size) {}
+HostAllReduce::HostAllReduce(void* base, int rank, int size) : base_(base), rank_(rank), size_(size) {}
 
 HostAllReduce::~HostAllReduce() {
-  munmap(base_, bytes_);
+  munmap(base_, kPartBytes * size_);
 }
 
 HostAllReduce::Flags& HostAllReduce::flags(int r) const {

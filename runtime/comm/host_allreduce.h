@@ -47,14 +47,13 @@ class HostAllReduce {
     uint64_t length[2] = {0, 0};                 // floats of the chunk in each slot (before ready)
   };
   static_assert(std::atomic<uint64_t>::is_always_lock_free, "atomics shared between processes");
-  HostAllReduce(void* base, size_t bytes, int rank, int size);
+  HostAllReduce(void* base, int rank, int size);  // base: the mapped segment, kPartBytes per rank
   Flags& flags(int r) const;
   float* slot(int r, int parity) const;
   // Waits until every peer has copied chunk seq (of n floats, in slot `parity`) into its slot.
   Status WaitReady(uint64_t seq, int parity, size_t n, double timeout_s, const std::string& group) const;
 
   void* base_;
-  size_t bytes_;
   int rank_, size_;
   uint64_t seq_ = 0;     // chunks reduced so far (the same on every rank)
   bool broken_ = false;  // a wait failed: the ranks are out of step
