@@ -595,6 +595,69 @@ TEST(Kernels, GroupedAttentionHeadsEqualEachHeadAlone) {
   }
 }
 
+// A bf16 KV cache: each key and value widened to f32 as it is read, so the output is bitwise the
+// f32 path's over the widened values, for group sizes, head dims with and without a 16-lane or
+// 64-lane tail, and block sizes that split the 16-key groups; and close to a float64 softmax
+// attention over the same values.
+TEST(Kernels, Bf16CacheAttentionIsTheF32PathOverWidenedValues) {
+  for (int g : {1, 2, 3}) {
+    for (int d : {8, 24, 40, 64, 80}) {
+      for (int block_size : {3, 16}) {
+        const int npos = 37, nblocks = (npos + block_size - 1) / block_size;
+        const size_t n = static_cast<size_t>(nblocks) * block_size * d;
+        const std::vector<float> q = Random(static_cast<size_t>(g) * d, 31, 2.0f), kraw = Random(n, 32, 2.0f),
+                                 vraw = Random(n, 33);
+        std::vector<uint16_t> k16(n), v16(n);
+        std::vector<float> kw(n), vw(n);  // the bf16 values widened back
+        for (size_t i = 0; i < n; ++i) {
+          k16[i] = F32ToBf16(kraw[i]), v16[i] = F32ToBf16(vraw[i]);
+          kw[i] = Bf16ToF32(k16[i]), vw[i] = Bf16ToF32(v16[i]);
+        }
+        std::vector<const uint16_t*> kb16(nblocks), vb16(nblocks);
+        std::vector<const float*> kb(nblocks), vb(nblocks), qs(g);
+        for (int b = 0; b < nblocks; ++b) {
+          const size_t slot = static_cast<size_t>(nblocks - 1 - b) * block_size * d;  // reversed order
+          kb16[b] = k16.data() + slot, vb16[b] = v16.data() + slot;
+          kb[b] = kw.data() + slot, vb[b] = vw.data() + slot;
+        }
+        std::vector<float> got(static_cast<size_t>(g) * d, NAN), want(got.size(), NAN),
+            scratch(AttentionScratchFloats(g, npos, d));
+        std::vector<float*> gots(g), wants(g);
+        for (int h = 0; h < g; ++h) {
+          qs[h] = q.data() + static_cast<size_t>(h) * d;
+          gots[h] = got.data() + static_cast<size_t>(h) * d;
+          wants[h] = want.data() + static_cast<size_t>(h) * d;
+        }
+        const float scale = 0.2f;
+        AttentionHeads(qs.data(), g, kb16.data(), vb16.data(), npos, block_size, d, scale, scratch.data(),
+                       gots.data());
+        AttentionHeads(qs.data(), g, kb.data(), vb.data(), npos, block_size, d, scale, scratch.data(),
+                       wants.data());
+        for (int h = 0; h < g; ++h) {
+          // float64 reference: softmax(scale * q . k) . v over the widened values
+          std::vector<double> sc(npos);
+          double mx = -INFINITY, sum = 0;
+          for (int p = 0; p < npos; ++p) {
+            const float* key = kb[p / block_size] + static_cast<size_t>(p % block_size) * d;
+            double dot = 0;
+            for (int i = 0; i < d; ++i) dot += static_cast<double>(qs[h][i]) * key[i];
+            sc[p] = scale * dot;
+            mx = std::max(mx, sc[p]);
+          }
+          for (double& x : sc) sum += (x = std::exp(x - mx));
+          for (int i = 0; i < d; ++i) {
+            double ref = 0;
+            for (int p = 0; p < npos; ++p)
+              ref += sc[p] / sum * vb[p / block_size][static_cast<size_t>(p % block_size) * d + i];
+            ASSERT_EQ(gots[h][i], wants[h][i]) << "g " << g << " d " << d << " block " << block_size;
+            ASSERT_NEAR(gots[h][i], ref, 1e-5 + 1e-5 * std::fabs(ref)) << "g " << g << " d " << d;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(DTypes, Bf16RoundsToNearestEven) {
   EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
   // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties go to the even mantissa.

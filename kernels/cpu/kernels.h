@@ -180,6 +180,11 @@ void AttentionHead(const float* q, const float* const* k_blocks, const float* co
 // the group. scratch: AttentionScratchFloats(g, npos, d) floats.
 void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
                     int npos, int block_size, int d, float scale, float* scratch, float* const* out);
+// The same over a bf16 KV cache: each key and value widened to f32 as it is read, then the same
+// operations, so the result is bitwise AttentionHeads over the widened f32 values.
+void AttentionHeads(const float* const* q, int g, const uint16_t* const* k_blocks,
+                    const uint16_t* const* v_blocks, int npos, int block_size, int d, float scale,
+                    float* scratch, float* const* out);
 size_t AttentionScratchFloats(int g, int npos, int d);
 
 }  // namespace tpserve::kernels

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/dtype.h"
 #include "cpu/kernels.h"
 
 namespace tpserve::kernels {
@@ -150,6 +151,27 @@ __attribute__((target_clones("avx512f", "default"))) void SiluMul(const float* g
 
 namespace {
 using V16 = float __attribute__((vector_size(64)));
+using U16x16 = uint16_t __attribute__((vector_size(32)));
+using U32x16 = uint32_t __attribute__((vector_size(64)));
+
+// 16 cached K/V elements as floats: f32 as they are, bf16 widened exactly (its bits are the top
+// half of an f32's), so the arithmetic after the load is the same for both cache dtypes.
+// (Out-parameters: a 64-byte vector return would change the ABI of the non-AVX-512 clones.)
+__attribute__((always_inline)) inline void Load16(const float* p, V16* v) {
+  std::memcpy(v, p, sizeof(V16));
+}
+__attribute__((always_inline)) inline void Load16(const uint16_t* p, V16* v) {
+  U16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
+  std::memcpy(v, &w, sizeof(V16));
+}
+inline float ToF32(float x) {
+  return x;
+}
+inline float ToF32(uint16_t x) {
+  return Bf16ToF32(x);
+}
 
 // out += w[0] * v[0] + ... + w[rows - 1] * v[rows - 1] over d floats, the rows (d apart) added one
 // after another into each element, and each element always by the same operation, whatever the
@@ -158,10 +180,9 @@ using V16 = float __attribute__((vector_size(64)));
 // its scalar and vector parts rounded differently: at head_dim 8 the output changed with the block
 // size.) 64 outputs at a time stay in four AVX-512 registers (GCC vector types; the baseline clone
 // spills them, being only a fallback); the last d % 64 go through std::fma.
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
-                                                                                         const float* v,
-                                                                                         int rows, int d,
-                                                                                         float* out) {
+template <class T>
+__attribute__((always_inline)) inline void AccumulateRowsT(const float* w, const T* v, int rows, int d,
+                                                           float* out) {
   constexpr size_t kV = sizeof(V16);
   int i0 = 0;
   for (; i0 + 64 <= d; i0 += 64) {  // four named sums: GCC keeps an array of them in memory
@@ -171,13 +192,13 @@ __attribute__((target_clones("avx512f", "arch=haswell", "default"))) void Accumu
     std::memcpy(&s2, out + i0 + 32, kV);
     std::memcpy(&s3, out + i0 + 48, kV);
     for (int p = 0; p < rows; ++p) {
-      const float* x = v + static_cast<size_t>(p) * d + i0;
+      const T* x = v + static_cast<size_t>(p) * d + i0;
       const float a = w[p];
       V16 x0, x1, x2, x3;
-      std::memcpy(&x0, x, kV);
-      std::memcpy(&x1, x + 16, kV);
-      std::memcpy(&x2, x + 32, kV);
-      std::memcpy(&x3, x + 48, kV);
+      Load16(x, &x0);
+      Load16(x + 16, &x1);
+      Load16(x + 32, &x2);
+      Load16(x + 48, &x3);
       s0 += a * x0;  // contracted to a fused multiply-add where the clone has FMA
       s1 += a * x1;
       s2 += a * x2;
@@ -189,8 +210,20 @@ __attribute__((target_clones("avx512f", "arch=haswell", "default"))) void Accumu
     std::memcpy(out + i0 + 48, &s3, kV);
   }
   for (int p = 0; p < rows; ++p) {
-    for (int i = i0; i < d; ++i) out[i] = std::fma(w[p], v[static_cast<size_t>(p) * d + i], out[i]);
+    for (int i = i0; i < d; ++i) out[i] = std::fma(w[p], ToF32(v[static_cast<size_t>(p) * d + i]), out[i]);
   }
+}
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
+                                                                                         const float* v,
+                                                                                         int rows, int d,
+                                                                                         float* out) {
+  AccumulateRowsT(w, v, rows, d, out);
+}
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
+                                                                                         const uint16_t* v,
+                                                                                         int rows, int d,
+                                                                                         float* out) {
+  AccumulateRowsT(w, v, rows, d, out);
 }
 
 // Lane sums of v[0..n), v[j]'s into s[j] (lanes never mix between keys, so v[n..16) do not matter), by the
@@ -225,20 +258,21 @@ __attribute__((always_inline)) inline void SumLanes16(const V16* v, int n, float
 
 // One key's 16 lane sums of q * key over d in chunks of 16 (the last chunk reads the key only up
 // to d; q is zero-padded to a multiple of 16).
-__attribute__((always_inline)) inline void KeyLanes(const float* q, const float* key, int d, V16* lanes) {
+template <class T>
+__attribute__((always_inline)) inline void KeyLanes(const float* q, const T* key, int d, V16* lanes) {
   constexpr size_t kV = sizeof(V16);
   V16 a{};
   int c = 0;
   for (; c + 16 <= d; c += 16) {
     V16 qc, kc;
     std::memcpy(&qc, q + c, kV);
-    std::memcpy(&kc, key + c, kV);
+    Load16(key + c, &kc);
     a += qc * kc;  // contracted to a fused multiply-add where the clone has FMA
   }
   if (c < d) {
     V16 qc, kc{};
     std::memcpy(&qc, q + c, kV);
-    std::memcpy(&kc, key + c, sizeof(float) * (d - c));
+    for (int i = c; i < d; ++i) kc[i - c] = ToF32(key[i]);
     a += qc * kc;
   }
   *lanes = a;
@@ -247,10 +281,9 @@ __attribute__((always_inline)) inline void KeyLanes(const float* q, const float*
 // s[j] = q . keys[j] for j < n <= 16 keys (rows d apart): per key KeyLanes, then SumLanes16, so
 // each score is one fixed sequence of operations. Four keys at a time in named sums (four
 // independent chains in registers; GCC keeps an array of sums in memory).
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
-                                                                                      const float* keys,
-                                                                                      int n, int d,
-                                                                                      float* s) {
+template <class T>
+__attribute__((always_inline)) inline void KeyScores16T(const float* q, const T* keys, int n, int d,
+                                                        float* s) {
   constexpr size_t kV = sizeof(V16);
   // Only the first n lanes are needed (SumLanes16 never mixes keys); the rest get defined zeros.
   // (Zeroing all 16, a 1 KB memset, cost ~10 % of decode attention: 1.04-1.28x in attention_bench.)
@@ -259,16 +292,16 @@ __attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeySco
   int j = 0;
   if (d % 16 == 0) {
     for (; j + 4 <= n; j += 4) {
-      const float* k0 = keys + static_cast<size_t>(j) * d;
-      const float *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+      const T* k0 = keys + static_cast<size_t>(j) * d;
+      const T *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
       V16 a0{}, a1{}, a2{}, a3{};
       for (int c = 0; c < d; c += 16) {  // KeyLanes for four keys
         V16 qc, x0, x1, x2, x3;
         std::memcpy(&qc, q + c, kV);
-        std::memcpy(&x0, k0 + c, kV);
-        std::memcpy(&x1, k1 + c, kV);
-        std::memcpy(&x2, k2 + c, kV);
-        std::memcpy(&x3, k3 + c, kV);
+        Load16(k0 + c, &x0);
+        Load16(k1 + c, &x1);
+        Load16(k2 + c, &x2);
+        Load16(k3 + c, &x3);
         a0 += qc * x0;
         a1 += qc * x1;
         a2 += qc * x2;
@@ -283,14 +316,23 @@ __attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeySco
   for (; j < n; ++j) KeyLanes(q, keys + static_cast<size_t>(j) * d, d, &lanes[j]);
   SumLanes16(lanes, n, s);
 }
-}  // namespace
-
-size_t AttentionScratchFloats(int g, int npos, int d) {
-  return static_cast<size_t>(g) * (npos + (d + 15) / 16 * 16);
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
+                                                                                      const float* keys,
+                                                                                      int n, int d,
+                                                                                      float* s) {
+  KeyScores16T(q, keys, n, d, s);
+}
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
+                                                                                      const uint16_t* keys,
+                                                                                      int n, int d,
+                                                                                      float* s) {
+  KeyScores16T(q, keys, n, d, s);
 }
 
-void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
-                    int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
+// AttentionHeads over either cache dtype (the public overloads below).
+template <class T>
+void AttentionHeadsT(const float* const* q, int g, const T* const* k_blocks, const T* const* v_blocks,
+                     int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
   const int dp = (d + 15) / 16 * 16;
   float* qpad = scratch + static_cast<size_t>(g) * npos;  // (g, dp): the queries, zero-padded
   for (int h = 0; h < g; ++h) {
@@ -304,7 +346,7 @@ void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, 
   for (int b = 0; b < nblocks; ++b) {
     const int p = b * block_size, n_in = rows_in(b);
     for (int j = 0; j < n_in; j += 16) {
-      const float* keys = k_blocks[b] + static_cast<size_t>(j) * d;
+      const T* keys = k_blocks[b] + static_cast<size_t>(j) * d;
       for (int h = 0; h < g; ++h) {
         KeyScores16(qpad + static_cast<size_t>(h) * dp, keys, std::min(16, n_in - j), d, scores(h) + p + j);
       }
@@ -318,6 +360,22 @@ void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, 
     for (int h = 0; h < g; ++h)
       AccumulateRows(scores(h) + b * block_size, v_blocks[b], rows_in(b), d, out[h]);
   }
+}
+}  // namespace
+
+size_t AttentionScratchFloats(int g, int npos, int d) {
+  return static_cast<size_t>(g) * (npos + (d + 15) / 16 * 16);
+}
+
+void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
+                    int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
+  AttentionHeadsT(q, g, k_blocks, v_blocks, npos, block_size, d, scale, scratch, out);
+}
+
+void AttentionHeads(const float* const* q, int g, const uint16_t* const* k_blocks,
+                    const uint16_t* const* v_blocks, int npos, int block_size, int d, float scale,
+                    float* scratch, float* const* out) {
+  AttentionHeadsT(q, g, k_blocks, v_blocks, npos, block_size, d, scale, scratch, out);
 }
 
 void AttentionHead(const float* q, const float* const* k_blocks, const float* const* v_blocks, int npos,

@@ -73,6 +73,7 @@ Status StartGateway(const ServeFlags& f, const Job& job, BatchEngine& engine, Re
                 {"max_running_requests", std::to_string(f.engine.max_running_requests)},
                 {"context_length", std::to_string(engine.context_length())},
                 {"chunked_prefill_size", std::to_string(f.engine.chunked_prefill_size)},
+                {"kv_cache_dtype", kernels::DTypeName(engine.kv_pool().dtype())},
                 {"enable_deterministic_inference", f.job.deterministic ? "true" : "false"},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
                 {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
@@ -108,7 +109,8 @@ Result<int64_t> ParseKvCacheSize(const std::string& text, int64_t bytes_per_toke
 // Blocks of the paged KV cache, the same on every rank of the TP group (the smallest rank's).
 Result<int64_t> AgreeKvCacheBlocks(const ServeFlags& f, Job& job, int context) {
   const ModelConfig& cfg = job.model->config();
-  const int64_t per_token = KvCachePool::BytesPerToken(cfg, job.model->weights().shard);
+  TPS_ASSIGN_OR_RETURN(const kernels::DType kv_dtype, KvCacheDtype(f.engine.kv_cache_dtype, *job.model));
+  const int64_t per_token = KvCachePool::BytesPerToken(cfg, job.model->weights().shard, kv_dtype);
   KvCacheSizing sizing;
   TPS_ASSIGN_OR_RETURN(sizing.kv_cache_tokens, ParseKvCacheSize(f.kv_cache_size, per_token));
   sizing.mem_fraction_static = f.mem_fraction_static;
@@ -149,8 +151,9 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   BatchEngine engine(model, engine_opts);
   const KvCachePool& pool = engine.kv_pool();
   if (job.leader()) {
-    log::Info("KV cache: {} blocks x {} tokens = {} tokens, {:.1f} MiB per rank", pool.num_blocks(),
-              pool.block_size(), pool.capacity_tokens(), pool.bytes() / 1048576.0);
+    log::Info("KV cache: {} blocks x {} tokens = {} tokens, {:.1f} MiB per rank ({})", pool.num_blocks(),
+              pool.block_size(), pool.capacity_tokens(), pool.bytes() / 1048576.0,
+              kernels::DTypeName(pool.dtype()));
   }
 
   // Rank 0 starts the gateway; every rank then agrees on the outcome (a taken port fails all).
@@ -207,6 +210,10 @@ CommandMain AddServeCommand(CLI::App& app) {
   cmd->add_option("--context-length", f->engine.context_length, "Context length (0: the model's)");
   cmd->add_option("--chunked-prefill-size", f->engine.chunked_prefill_size,
                   "Most prompt tokens prefilled per step, next to the decodes (0: whole prompts)")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", f->engine.kv_cache_dtype,
+                  "KV cache element type: auto (bf16 for bf16 weights, else f32), float32, bfloat16")
+      ->check(CLI::IsMember({"auto", "float32", "f32", "bfloat16", "bf16"}))
       ->capture_default_str();
   cmd->add_option("--kv-cache-size", f->kv_cache_size,
                   "KV cache per rank: tokens (65536) or bytes (2GiB); overrides --mem-fraction-static");

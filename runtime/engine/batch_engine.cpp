@@ -159,11 +159,26 @@ int64_t PoolBlocks(const EngineOptions& o, const ModelConfig& c) {
 
 }  // namespace
 
+Result<kernels::DType> KvCacheDtype(const std::string& name, const LlamaModel& model) {
+  if (name == "auto") {
+    const auto& layers = model.weights().layers;
+    const bool bf16 = !layers.empty() && layers[0].qkv.dtype() == kernels::DType::kBF16;
+    return bf16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+  }
+  if (name == "float32" || name == "f32") return kernels::DType::kF32;
+  if (name == "bfloat16" || name == "bf16") return kernels::DType::kBF16;
+  return TPS_ERROR("--kv-cache-dtype '{}' is not one of auto, float32, bfloat16", name);
+}
+
 BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
     : model_(model),
       opts_(opts),
       context_(ContextLength(opts, model.config())),
-      pool_(model.config(), model.weights().shard, PoolBlocks(opts, model.config()), opts.kv_block_size),
+      pool_(model.config(), model.weights().shard, PoolBlocks(opts, model.config()), opts.kv_block_size,
+            [&] {  // the CLI has checked the name (KvCacheDtype's error); f32 otherwise
+              Result<kernels::DType> t = KvCacheDtype(opts.kv_cache_dtype, model);
+              return t.ok() ? *t : kernels::DType::kF32;
+            }()),
       logits_(model.local_vocab()) {}
 
 BatchEngine::~BatchEngine() = default;

@@ -16,6 +16,7 @@
 #include <deque>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -40,7 +41,13 @@ struct EngineOptions {
   int64_t kv_cache_blocks = 0;  // 0: enough for max_running_requests full-context sequences
   int kv_block_size = KvCachePool::kDefaultBlockSize;
   int chunked_prefill_size = 2048;  // max prompt tokens prefilled per step over all sequences; 0: no limit
+  std::string kv_cache_dtype = "auto";  // auto | float32 | bfloat16 (KvCacheDtype)
 };
+
+// The KV cache's element type for --kv-cache-dtype: "auto" is bf16 where the model's weights are
+// bf16 (as vLLM and SGLang cache in the model's dtype) and f32 otherwise (f32, f16 and int8
+// weights); "float32"/"f32" and "bfloat16"/"bf16" ask for one. An unknown name is an error.
+Result<kernels::DType> KvCacheDtype(const std::string& name, const LlamaModel& model);
 
 struct EngineStats {
   int running = 0;

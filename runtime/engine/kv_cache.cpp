@@ -9,24 +9,26 @@
 
 namespace tpserve {
 
-int64_t KvCachePool::BytesPerToken(const ModelConfig& c, const RankShard& shard) {
+int64_t KvCachePool::BytesPerToken(const ModelConfig& c, const RankShard& shard, kernels::DType dtype) {
   int64_t heads = 0;
   for (const LayerShard& l : shard.layers) heads += l.kv_heads.size();
-  return heads * c.head_dim * 2 * static_cast<int64_t>(sizeof(float));
+  return heads * c.head_dim * 2 * static_cast<int64_t>(kernels::DTypeSize(dtype));
 }
 
-KvCachePool::KvCachePool(const ModelConfig& c, const RankShard& shard, int64_t num_blocks, int block_size)
-    : block_size_(block_size),
+KvCachePool::KvCachePool(const ModelConfig& c, const RankShard& shard, int64_t num_blocks, int block_size,
+                         kernels::DType dtype)
+    : dtype_(dtype),
+      block_size_(block_size),
       head_dim_(c.head_dim),
       num_blocks_(num_blocks),
-      bytes_per_token_(BytesPerToken(c, shard)) {
+      bytes_per_token_(BytesPerToken(c, shard, dtype)) {
   for (const LayerShard& l : shard.layers) {
     const int nkv = static_cast<int>(l.kv_heads.size());
     kv_heads_.push_back(nkv);
     const size_t n = static_cast<size_t>(num_blocks) * nkv * block_size * c.head_dim;
     // Untouched until blocks are first used (on huge pages where the kernel offers them).
-    k_.emplace_back(n * sizeof(float));
-    v_.emplace_back(n * sizeof(float));
+    k_.emplace_back(n * kernels::DTypeSize(dtype));
+    v_.emplace_back(n * kernels::DTypeSize(dtype));
     if (k_.back().data() == nullptr || v_.back().data() == nullptr) {
       std::fprintf(stderr, "tpserve: out of memory allocating the KV cache (%lld blocks)\n",
                    static_cast<long long>(num_blocks));

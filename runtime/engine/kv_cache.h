@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "cpu/dtype.h"
 #include "cpu/large_buffer.h"
 #include "model/config.h"
 #include "model/partition_plan.h"
@@ -21,11 +22,13 @@ class KvCachePool {
  public:
   static constexpr int kDefaultBlockSize = 16;
 
+  // dtype: kF32 or kBF16 (the element type of every cached key and value).
   KvCachePool(const ModelConfig& config, const RankShard& shard, int64_t num_blocks,
-              int block_size = kDefaultBlockSize);
+              int block_size = kDefaultBlockSize, kernels::DType dtype = kernels::DType::kF32);
 
-  // This rank's bytes per cached token (K and V of its heads over all layers, f32).
-  static int64_t BytesPerToken(const ModelConfig& config, const RankShard& shard);
+  // This rank's bytes per cached token (K and V of its heads over all layers, in `dtype`).
+  static int64_t BytesPerToken(const ModelConfig& config, const RankShard& shard,
+                               kernels::DType dtype = kernels::DType::kF32);
 
   int block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
@@ -39,21 +42,27 @@ class KvCachePool {
   bool Allocate(int64_t n, std::vector<int32_t>* blocks);
   void Free(std::vector<int32_t>* blocks);
 
-  // Row of head `local_head` at offset `slot` (< block_size) of `block` in `layer`.
-  float* k(int layer, int32_t block, int local_head, int slot) {
-    return Row(k_, layer, block, local_head, slot);
+  kernels::DType dtype() const { return dtype_; }
+
+  // Row of head `local_head` at offset `slot` (< block_size) of `block` in `layer`, as T: float
+  // for an f32 cache, uint16_t (bf16 bits) for a bf16 one.
+  template <class T>
+  T* k(int layer, int32_t block, int local_head, int slot) {
+    return Row<T>(k_, layer, block, local_head, slot);
   }
-  float* v(int layer, int32_t block, int local_head, int slot) {
-    return Row(v_, layer, block, local_head, slot);
+  template <class T>
+  T* v(int layer, int32_t block, int local_head, int slot) {
+    return Row<T>(v_, layer, block, local_head, slot);
   }
 
  private:
-  float* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
+  template <class T>
+  T* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
     const int nkv = kv_heads_[layer];
-    return buf[layer].as<float>() +
-           ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
+    return buf[layer].as<T>() + ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
   }
 
+  kernels::DType dtype_;
   int block_size_, head_dim_;
   int64_t num_blocks_, bytes_per_token_;
   std::vector<int> kv_heads_;                // [layer] -> local KV heads

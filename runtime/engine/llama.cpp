@@ -93,6 +93,7 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   add_bias(q_dim, L.k_bias);
   add_bias(q_dim + kv_dim, L.v_bias);
 
+  const bool kv_bf16 = pool.dtype() == k::DType::kBF16;
   // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks (rows are
   // independent, and each writes its own cache slots: the pool splits them).
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -111,8 +112,15 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
         if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
         k::RopeRotateHalf(v, hd, cos_sin);
         const int32_t block = seq.blocks[pos / bs];
-        std::memcpy(pool.k(layer, block, hk, pos % bs), v, sizeof(float) * hd);
-        std::memcpy(pool.v(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
+        if (kv_bf16) {
+          k::ConvertDType(v, k::DType::kF32, pool.k<uint16_t>(layer, block, hk, pos % bs), k::DType::kBF16,
+                          hd);
+          k::ConvertDType(v_at(t, hk), k::DType::kF32, pool.v<uint16_t>(layer, block, hk, pos % bs),
+                          k::DType::kBF16, hd);
+        } else {
+          std::memcpy(pool.k<float>(layer, block, hk, pos % bs), v, sizeof(float) * hd);
+          std::memcpy(pool.v<float>(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
+        }
       }
     }
   });
@@ -135,7 +143,9 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     int nblocks;
   };
   std::vector<DecodeRow> decode_rows;
-  std::vector<const float*> kb, vb;  // per decode sequence: (nkv, its blocks)
+  // Per decode sequence: (nkv, its blocks), in the f32 or the bf16 pair as the cache holds.
+  std::vector<const float*> kb, vb;
+  std::vector<const uint16_t*> kb16, vb16;
   int decode_npos_max = 0;
   for (size_t it = 0; it < batch.items.size(); ++it) {
     const SequenceKv& seq = *batch.items[it].seq;
@@ -150,8 +160,16 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
         for (int b = 0; b < nblocks; ++b) {
           const int n_in = std::min(bs, npos_max - b * bs);
           const size_t at = (static_cast<size_t>(hk) * npos_max + static_cast<size_t>(b) * bs) * hd;
-          std::memcpy(&keys[at], pool.k(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
-          std::memcpy(&vals[at], pool.v(layer, seq.blocks[b], hk, 0), sizeof(float) * n_in * hd);
+          const size_t count = static_cast<size_t>(n_in) * hd;
+          if (kv_bf16) {
+            k::ConvertDType(pool.k<uint16_t>(layer, seq.blocks[b], hk, 0), k::DType::kBF16, &keys[at],
+                            k::DType::kF32, count);
+            k::ConvertDType(pool.v<uint16_t>(layer, seq.blocks[b], hk, 0), k::DType::kBF16, &vals[at],
+                            k::DType::kF32, count);
+          } else {
+            std::memcpy(&keys[at], pool.k<float>(layer, seq.blocks[b], hk, 0), sizeof(float) * count);
+            std::memcpy(&vals[at], pool.v<float>(layer, seq.blocks[b], hk, 0), sizeof(float) * count);
+          }
         }
       }
       if (amx_attention) {
@@ -186,11 +204,16 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
       });
       continue;
     }
-    const size_t table = kb.size();
+    const size_t table = kv_bf16 ? kb16.size() : kb.size();
     for (int hk = 0; hk < nkv; ++hk) {
       for (int b = 0; b < nblocks; ++b) {
-        kb.push_back(pool.k(layer, seq.blocks[b], hk, 0));
-        vb.push_back(pool.v(layer, seq.blocks[b], hk, 0));
+        if (kv_bf16) {
+          kb16.push_back(pool.k<uint16_t>(layer, seq.blocks[b], hk, 0));
+          vb16.push_back(pool.v<uint16_t>(layer, seq.blocks[b], hk, 0));
+        } else {
+          kb.push_back(pool.k<float>(layer, seq.blocks[b], hk, 0));
+          vb.push_back(pool.v<float>(layer, seq.blocks[b], hk, 0));
+        }
       }
     }
     for (int r = 0; r < rows; ++r) decode_rows.push_back({first + r, table, nblocks});
@@ -217,8 +240,13 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
       }
       const int npos = batch.pos[d.t] + 1;  // causal: keys 0..pos of its own sequence
       const size_t kv_at = d.table + static_cast<size_t>(hk) * d.nblocks;
-      k::AttentionHeads(qs.data(), g_here, &kb[kv_at], &vb[kv_at], npos, bs, hd, scale, scratch.data(),
-                        outs.data());
+      if (kv_bf16) {
+        k::AttentionHeads(qs.data(), g_here, &kb16[kv_at], &vb16[kv_at], npos, bs, hd, scale, scratch.data(),
+                          outs.data());
+      } else {
+        k::AttentionHeads(qs.data(), g_here, &kb[kv_at], &vb[kv_at], npos, bs, hd, scale, scratch.data(),
+                          outs.data());
+      }
     }
   });
   // Row-parallel o_proj: partial sums over this rank's heads, then the all-reduce.

@@ -14,6 +14,8 @@ run="$WORK/run"
 copy_model() { rm -rf "$WORK/$1"; cp -r "$WORK/good" "$WORK/$1"; }
 
 expect_error "non-existent model path" "does not exist" -- "$run" 2 --model-path "$WORK/nope"
+expect_error "unknown KV cache dtype" "kv-cache-dtype: fp8 not in {auto,float32,f32,bfloat16,bf16}" -- \
+  "${MPIRUN[@]}" -np 1 "$BIN/tpserve" serve --model-path "$WORK/good" --kv-cache-dtype fp8
 
 copy_model trunc
 truncate -s -1000 "$WORK/trunc/model.safetensors"
