@@ -1,7 +1,9 @@
 // Peak matrix throughput of this CPU at a given thread count, measured by register-resident
 // microkernels (the ceiling prefill is compared with): AVX-512 FMA f32 (12 independent chains of
-// vfmadd231ps) and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident tiles).
-//   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops"}
+// vfmadd231ps) and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident tiles), and
+// AMX's GEMM step with its tile loads from L1 (AmxL1StepLoop).
+//   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops",
+//                                              "amx_bf16_l1_step_gflops"}
 #include <immintrin.h>
 
 #include <chrono>
@@ -76,6 +78,43 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
   _tile_release();
 }
 
+// The step every AMX GEMM repeats, with its operands in L1: 8 tile registers hold at most 2 x 2
+// sums, 2 activation tiles and 2 weight tiles, so each 32-deep step loads 4 tiles for its 4
+// TDPBF16PS (the activations as dense 1 KB tiles, the weights from the packed layout's 256-byte
+// rows), the fewest loads per product any blocking gets. The ceiling a GEMM meets before any
+// cache or memory effect.
+__attribute__((target("amx-tile,amx-bf16"))) void AmxL1StepLoop(int64_t iters) {
+  tpserve::kernels::AmxTileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  tpserve::kernels::KeepTileConfigStores(cfg);
+  _tile_loadconfig(&cfg);
+  alignas(64) static uint16_t a[2][16 * 32];
+  alignas(64) static uint16_t w[16 * 128];  // 16 pair rows of 64 outputs
+  for (auto& v : a[0]) v = 0x3c00;
+  for (auto& v : a[1]) v = 0x3c00;
+  for (auto& v : w) v = 0x3c00;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_loadd(4, a[0], 64);
+    _tile_loadd(5, a[1], 64);
+    _tile_loadd(6, w, 256);
+    _tile_loadd(7, w + 32, 256);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) static float cbuf[16 * 16];
+  _tile_stored(0, cbuf, 64);
+  _tile_release();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -100,8 +139,13 @@ int main(int argc, char** argv) {
     tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { AmxLoop(iters); });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out["amx_bf16_gflops"] = threads * iters * 4.0 * 16384 / s / 1e9;
+    const auto t1 = std::chrono::steady_clock::now();
+    tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { AmxL1StepLoop(iters); });
+    const double s1 = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    out["amx_bf16_l1_step_gflops"] = threads * iters * 4.0 * 16384 / s1 / 1e9;
   } else {
     out["amx_bf16_gflops"] = nullptr;
+    out["amx_bf16_l1_step_gflops"] = nullptr;
     out["amx_note"] = "AMX not available (CPU flags or the kernel's arch_prctl permission)";
   }
   std::cout << out.dump() << std::endl;
