@@ -45,9 +45,9 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
   }
   tpserve::kernels::KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
-  alignas(64) static uint16_t buf[16 * 32];
+  alignas(64) uint16_t buf[16 * 32];  // each thread its own
   for (auto& v : buf) v = 0x3c00;
-  alignas(64) static float cbuf[16 * 16] = {};
+  alignas(64) float cbuf[16 * 16] = {};
   for (int t = 0; t < 4; ++t) {
     switch (t) {
       case 0:
@@ -91,11 +91,11 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxL1StepLoop(int64_t iters) {
   }
   tpserve::kernels::KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
-  alignas(64) static uint16_t a[2][16 * 32];
-  alignas(64) static uint16_t w[16 * 128];  // 16 pair rows of 64 outputs
-  for (auto& v : a[0]) v = 0x3c00;
-  for (auto& v : a[1]) v = 0x3c00;
-  for (auto& v : w) v = 0x3c00;
+  alignas(64) uint16_t a[2][16 * 32];  // each thread its own (bf16 1.0)
+  alignas(64) uint16_t w[16 * 128];    // 16 pair rows of 64 outputs
+  for (auto& v : a[0]) v = 0x3f80;
+  for (auto& v : a[1]) v = 0x3f80;
+  for (auto& v : w) v = 0x3f80;
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -110,7 +110,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxL1StepLoop(int64_t iters) {
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
-  alignas(64) static float cbuf[16 * 16];
+  alignas(64) float cbuf[16 * 16];
   _tile_stored(0, cbuf, 64);
   _tile_release();
 }

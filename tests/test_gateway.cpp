@@ -115,7 +115,12 @@ TEST_F(Gateway, CancelStopsWithinAStepFreesMemoryAndKeepsServing) {
   }
   // Steps of the small model take milliseconds: tokens arrive as they are produced, not at the end.
   EXPECT_GE(messages, 2) << "the first " << received << " tokens came in one message";
-  EXPECT_GT(server.Info().kv_cache_used_bytes(), 0);
+  // bf16 weights get a bf16 KV cache (--kv-cache-dtype auto): 2 bytes a cached element, for small's
+  // 8 layers x 2 KV heads per rank x head dim 64 x (K, V).
+  const pb::ServerInfo busy = server.Info();
+  EXPECT_GT(busy.kv_cache_used_bytes(), 0);
+  EXPECT_EQ(busy.flags().at("kv_cache_dtype"), "bf16");
+  EXPECT_EQ(busy.kv_cache_used_bytes(), busy.kv_cache_used_tokens() * 8 * 2 * 64 * 2 * 2);
   // The server's count right before the cancel (tokens already in the stream but not yet read by
   // this client were produced before it, so the count of the client's reads would overstate).
   const int64_t before_cancel = server.Info().generated_tokens();
@@ -369,6 +374,7 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   pb::ServerInfo idle = server.Info();
   ASSERT_EQ(idle.kv_cache_total_blocks(), 60);
   ASSERT_EQ(idle.kv_cache_block_size(), 16);
+  EXPECT_EQ(idle.flags().at("kv_cache_dtype"), "f32");  // f32 weights
   constexpr int kClients = 20;
   std::vector<pb::GenerateRequest> reqs;
   for (int i = 0; i < kClients; ++i) reqs.push_back(GreedyRequest({1, 10 + i, 20 + 3 * i}, 300));

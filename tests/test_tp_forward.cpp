@@ -247,15 +247,19 @@ TEST_P(TpForward, DeterministicBf16BatchedLogitsAreBitwiseSolo) {
   for (int i = 0; i < 5; ++i) {
     for (int j = 0; j < 3 + 6 * i; ++j) prompts[i].push_back((7 + 13 * j + 101 * i) % 1000);
   }
-  // Sequence i arrives at step i. The KV cache is bf16, as --kv-cache-dtype auto makes it here.
+  // Sequence i arrives at step i. With a bf16 KV cache (what --kv-cache-dtype auto gives here) and
+  // an f32 one.
   ASSERT_EQ(KvCacheDtype("auto", model).value(), kernels::DType::kBF16);
-  const int compared = CompareBatchedWithSolo(
-      model, prompts, {0, 1, 2, 3, 4}, 5, /*block_size=*/16,
-      [v](int step, int seq, const float* got, const float* want) {
-        ASSERT_EQ(std::memcmp(got, want, v * sizeof(float)), 0) << "step " << step << " seq " << seq;
-      },
-      kernels::DType::kBF16);
-  EXPECT_EQ(compared, 15);
+  for (const kernels::DType kv : {kernels::DType::kBF16, kernels::DType::kF32}) {
+    const int compared = CompareBatchedWithSolo(
+        model, prompts, {0, 1, 2, 3, 4}, 5, /*block_size=*/16,
+        [v, kv](int step, int seq, const float* got, const float* want) {
+          ASSERT_EQ(std::memcmp(got, want, v * sizeof(float)), 0)
+              << "step " << step << " seq " << seq << " kv " << kernels::DTypeName(kv);
+        },
+        kv);
+    EXPECT_EQ(compared, 15);
+  }
   model.SetDeterministic(false);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
@@ -436,13 +440,19 @@ TEST(PackedBf16, LogitsStayCloseToTheFloat64Reference) {
       for (const HostTensor* t : {&L.qkv, &L.o, &L.gate_up, &L.down}) ASSERT_NE(t->packed(), nullptr);
     }
     ASSERT_NE(w.logits_weight().packed(), nullptr);
+    // With the bf16 KV cache that --kv-cache-dtype auto gives these weights, and with an f32 one.
     const int steps = 24;
-    const CloseToReference c = TeacherForcedAgainstReference(
-        model, *world, dir, steps, tied ? "packed bf16 (tied)" : "packed bf16 (untied)",
-        tied ? "packed_bf16_tied_worst_rel_error" : "packed_bf16_worst_rel_error");
-    if (world->rank() == 0) {
-      EXPECT_LE(c.worst, 0.01);
-      EXPECT_GE(c.agree, steps * 3 / 4);
+    for (const kernels::DType kv : {kernels::DType::kBF16, kernels::DType::kF32}) {
+      const std::string label =
+          fmt::format("packed bf16 ({}, {} KV)", tied ? "tied" : "untied", kernels::DTypeName(kv));
+      const std::string property =
+          fmt::format("packed_bf16{}_{}_kv_worst_rel_error", tied ? "_tied" : "", kernels::DTypeName(kv));
+      const CloseToReference c =
+          TeacherForcedAgainstReference(model, *world, dir, steps, label, property, kv);
+      if (world->rank() == 0) {
+        EXPECT_LE(c.worst, 0.01) << label;
+        EXPECT_GE(c.agree, steps * 3 / 4) << label;
+      }
     }
     // Deterministic mode unpacks them, bit for bit, and packing again restores the packed form.
     model.SetDeterministic(true);
@@ -472,30 +482,35 @@ TEST(PackedBf16, AmxPrefillAttentionStaysCloseToTheFloat64Reference) {
     if (world->rank() == 0) std::filesystem::remove_all(dir);
     GTEST_SKIP() << "no AMX-BF16 here (or bf16 weights stay plain): prefill attention stays on f32 GEMMs";
   }
-  std::unique_ptr<ReferenceLlama> ref;
-  if (world->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
   std::vector<int32_t> prompt;
   for (int i = 0; i < 70; ++i) prompt.push_back(3 + (i * 37) % 31000);
   const int steps = 8;
-  KvCachePool pool(model.config(), model.weights().shard, 6, /*block_size=*/16);
-  SequenceKv seq;
-  ASSERT_TRUE(pool.Allocate(6, &seq.blocks));
-  double worst = 0;
-  int agree = 0;
-  TeacherForce(
-      model, *world, ref.get(), pool, seq, prompt, steps,
-      [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
-        if (!ref) return;
-        worst = std::max(worst, RelError(got, want));
-        agree += std::max_element(got.begin(), got.end()) - got.begin() ==
-                 std::max_element(want.begin(), want.end()) - want.begin();
-      });
-  if (ref) {
-    std::printf("AMX prefill attention: worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
-                worst, agree, steps);
-    RecordProperty("amx_attention_worst_rel_error", fmt::format("{:.3g}", worst));
-    EXPECT_LE(worst, 0.01);
-    EXPECT_GE(agree, steps * 3 / 4);
+  // With the bf16 KV cache these weights get by default, and with an f32 one.
+  for (const kernels::DType kv : {kernels::DType::kBF16, kernels::DType::kF32}) {
+    std::unique_ptr<ReferenceLlama> ref;  // a fresh one each time: it keeps its own cache
+    if (world->rank() == 0) ref = std::make_unique<ReferenceLlama>(dir);
+    KvCachePool pool(model.config(), model.weights().shard, 6, /*block_size=*/16, kv);
+    SequenceKv seq;
+    ASSERT_TRUE(pool.Allocate(6, &seq.blocks));
+    double worst = 0;
+    int agree = 0;
+    TeacherForce(
+        model, *world, ref.get(), pool, seq, prompt, steps,
+        [&](int, const std::vector<float>&, const std::vector<float>& got, const std::vector<double>& want) {
+          if (!ref) return;
+          worst = std::max(worst, RelError(got, want));
+          agree += std::max_element(got.begin(), got.end()) - got.begin() ==
+                   std::max_element(want.begin(), want.end()) - want.begin();
+        });
+    if (ref) {
+      std::printf(
+          "AMX prefill attention (%s KV): worst logits error %.3g of max |logit|, greedy agreement %d/%d\n",
+          kernels::DTypeName(kv), worst, agree, steps);
+      RecordProperty(fmt::format("amx_attention_{}_kv_worst_rel_error", kernels::DTypeName(kv)),
+                     fmt::format("{:.3g}", worst));
+      EXPECT_LE(worst, 0.01);
+      EXPECT_GE(agree, steps * 3 / 4);
+    }
   }
   EXPECT_TRUE(world->Barrier().ok());
   if (world->rank() == 0) std::filesystem::remove_all(dir);

@@ -62,10 +62,12 @@ int Run(const RunFlags& f, int argc, char** argv) {
     if (!ids.ok()) return 1;
     prompt = std::move(ids).value();
   }
-  if (!AllOk(*job.world, ValidateGenerateRequest(*job.model, prompt, f.gen))) return 1;
+  GenerateOptions gen = f.gen;
+  gen.kv_cache_dtype = f.job.kv_cache_dtype;
+  if (!AllOk(*job.world, ValidateGenerateRequest(*job.model, prompt, gen))) return 1;
 
   const double allreduce_before = job.tp->allreduce_seconds();
-  auto result = Generate(*job.model, prompt, f.gen);
+  auto result = Generate(*job.model, prompt, gen);
   const double allreduce_s = job.tp->allreduce_seconds() - allreduce_before;
   if (!result.ok()) {  // mid-generation: peers may sit in a collective, so end the whole job
     log::Error("generation failed: {}", result.status().message());

@@ -109,7 +109,7 @@ Result<int64_t> ParseKvCacheSize(const std::string& text, int64_t bytes_per_toke
 // Blocks of the paged KV cache, the same on every rank of the TP group (the smallest rank's).
 Result<int64_t> AgreeKvCacheBlocks(const ServeFlags& f, Job& job, int context) {
   const ModelConfig& cfg = job.model->config();
-  TPS_ASSIGN_OR_RETURN(const kernels::DType kv_dtype, KvCacheDtype(f.engine.kv_cache_dtype, *job.model));
+  TPS_ASSIGN_OR_RETURN(const kernels::DType kv_dtype, KvCacheDtype(f.job.kv_cache_dtype, *job.model));
   const int64_t per_token = KvCachePool::BytesPerToken(cfg, job.model->weights().shard, kv_dtype);
   KvCacheSizing sizing;
   TPS_ASSIGN_OR_RETURN(sizing.kv_cache_tokens, ParseKvCacheSize(f.kv_cache_size, per_token));
@@ -148,6 +148,7 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   if (!AllOk(*job.world, blocks.status())) return 1;
   EngineOptions engine_opts = f.engine;
   engine_opts.kv_cache_blocks = *blocks;
+  engine_opts.kv_cache_dtype = f.job.kv_cache_dtype;
   BatchEngine engine(model, engine_opts);
   const KvCachePool& pool = engine.kv_pool();
   if (job.leader()) {
@@ -210,10 +211,6 @@ CommandMain AddServeCommand(CLI::App& app) {
   cmd->add_option("--context-length", f->engine.context_length, "Context length (0: the model's)");
   cmd->add_option("--chunked-prefill-size", f->engine.chunked_prefill_size,
                   "Most prompt tokens prefilled per step, next to the decodes (0: whole prompts)")
-      ->capture_default_str();
-  cmd->add_option("--kv-cache-dtype", f->engine.kv_cache_dtype,
-                  "KV cache element type: auto (bf16 for bf16 weights, else f32), float32, bfloat16")
-      ->check(CLI::IsMember({"auto", "float32", "f32", "bfloat16", "bf16"}))
       ->capture_default_str();
   cmd->add_option("--kv-cache-size", f->kv_cache_size,
                   "KV cache per rank: tokens (65536) or bytes (2GiB); overrides --mem-fraction-static");

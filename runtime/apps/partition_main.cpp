@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   if (!shards.ok()) return fail(shards.status());
 
   size_t esize = 2;
-  kernels::DType dt;
+  kernels::DType dt = kernels::DType::kBF16;
   if (dtype_name != "auto" && kernels::ParseDType(dtype_name, &dt)) {
     esize = kernels::DTypeSize(dt);
   } else if (const TensorInfo* t = ckpt->Find("model.embed_tokens.weight");
@@ -60,13 +60,18 @@ int main(int argc, char** argv) {
     std::cerr << "wrote " << out_path << "\n";
   }
   const auto bytes = PlanRankBytes(*plan, esize);
+  // The cache `serve --kv-cache-dtype auto` allocates: bf16 for bf16 weights, f32 otherwise.
+  const kernels::DType kv_dtype = dt == kernels::DType::kBF16 ? kernels::DType::kBF16 : kernels::DType::kF32;
   for (int r = 0; r < tp; ++r) {
     int64_t kv_heads = 0;
     for (const LayerShard& l : (*shards)[r].layers) kv_heads += l.kv_heads.size();
-    const int64_t kv_per_token = kv_heads * config->head_dim * 2 * 4;  // K and V, f32 cache
-    std::cerr << fmt::format("rank {}: weights {} ({} sharded + {} replicated), KV cache {} per token\n", r,
-                             HumanBytes(bytes[r].sharded + bytes[r].replicated), HumanBytes(bytes[r].sharded),
-                             HumanBytes(bytes[r].replicated), HumanBytes(kv_per_token));
+    // K and V of this rank's heads (KvCachePool::BytesPerToken; the engine is not linked here)
+    const int64_t kv_per_token =
+        kv_heads * config->head_dim * 2 * static_cast<int64_t>(kernels::DTypeSize(kv_dtype));
+    std::cerr << fmt::format("rank {}: weights {} ({} sharded + {} replicated), KV cache {} per token ({})\n",
+                             r, HumanBytes(bytes[r].sharded + bytes[r].replicated),
+                             HumanBytes(bytes[r].sharded), HumanBytes(bytes[r].replicated),
+                             HumanBytes(kv_per_token), kernels::DTypeName(kv_dtype));
   }
   return 0;
 }

@@ -31,6 +31,10 @@ void AddJobFlags(CLI::App* cmd, JobFlags* f) {
   cmd->add_option("--threads", f->threads,
                   "Kernel threads per rank, pinned (default: the cores mpirun bound the rank to, or the "
                   "host's cores divided among its ranks)");
+  cmd->add_option("--kv-cache-dtype", f->kv_cache_dtype,
+                  "KV cache element type: auto (bf16 for bf16 weights, else f32), float32, bfloat16")
+      ->check(CLI::IsMember({"auto", "float32", "f32", "bfloat16", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--nnodes", f->launch.nnodes, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--node-rank", f->launch.node_rank, "Checked against the MPI world (SGLang compatibility)");
   cmd->add_option("--dist-init-addr", f->launch.dist_init_addr,

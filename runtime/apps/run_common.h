@@ -23,9 +23,10 @@ struct JobFlags {
   LaunchFlags launch;
   int tp = 0;  // 0: the whole world
   int dp = 1, pp = 1;
-  bool deterministic = false;  // --enable-deterministic-inference
-  std::string tokenizer;       // --tokenizer: a file or directory; default: the model directory's
-  int threads = 0;             // --threads: kernel threads per rank; 0 = the rank's cores
+  bool deterministic = false;           // --enable-deterministic-inference
+  std::string tokenizer;                // --tokenizer: a file or directory; default: the model directory's
+  int threads = 0;                      // --threads: kernel threads per rank; 0 = the rank's cores
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype (KvCacheDtype)
 };
 
 // Declared in teardown order: the model and groups go before MPI_Finalize (env).

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 
 #include "cpu/kernels.h"
@@ -175,9 +177,13 @@ BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
       opts_(opts),
       context_(ContextLength(opts, model.config())),
       pool_(model.config(), model.weights().shard, PoolBlocks(opts, model.config()), opts.kv_block_size,
-            [&] {  // the CLI has checked the name (KvCacheDtype's error); f32 otherwise
+            [&] {  // the CLI checks the name first; a bad one here is a caller's bug
               Result<kernels::DType> t = KvCacheDtype(opts.kv_cache_dtype, model);
-              return t.ok() ? *t : kernels::DType::kF32;
+              if (!t.ok()) {
+                std::fprintf(stderr, "tpserve: %s\n", t.status().message().c_str());
+                std::abort();
+              }
+              return *t;
             }()),
       logits_(model.local_vocab()) {}
 

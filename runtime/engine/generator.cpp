@@ -15,14 +15,22 @@ RequestSpec MakeRequestSpec(const std::vector<int32_t>& prompt, const GenerateOp
   return spec;
 }
 
+namespace {
+EngineOptions EngineFor(const GenerateOptions& opts) {
+  EngineOptions e;
+  e.kv_cache_dtype = opts.kv_cache_dtype;
+  return e;
+}
+}  // namespace
+
 Status ValidateGenerateRequest(LlamaModel& model, const std::vector<int32_t>& prompt,
                                const GenerateOptions& opts) {
-  return BatchEngine(model, {}).Validate(MakeRequestSpec(prompt, opts));
+  return BatchEngine(model, EngineFor(opts)).Validate(MakeRequestSpec(prompt, opts));
 }
 
 Result<GenerateResult> Generate(LlamaModel& model, const std::vector<int32_t>& prompt,
                                 const GenerateOptions& opts) {
-  BatchEngine engine(model, {});
+  BatchEngine engine(model, EngineFor(opts));
   StepPlan plan;
   plan.add.push_back(MakeRequestSpec(prompt, opts));
   TPS_RETURN_IF_ERROR(engine.Validate(plan.add[0]));

@@ -16,6 +16,7 @@ struct GenerateOptions {
   int max_new_tokens = 16;
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS ids
+  std::string kv_cache_dtype = "auto";  // EngineOptions::kv_cache_dtype
 };
 
 struct GenerateResult {
