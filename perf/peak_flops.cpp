@@ -35,9 +35,8 @@ __attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
   return _mm512_reduce_add_ps(s);
 }
 
-// C tiles 0..3 (16x16 f32) += A tiles 4,5 (16x32 bf16) x B tiles 6,7: 4 independent TDPBF16PS,
-// each 16*16*32*2 = 16384 flops.
-__attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
+// Every tile 16 rows x 64 bytes (16 f32 or 32 bf16 a row).
+__attribute__((target("amx-tile"))) void ConfigureTiles() {
   tpserve::kernels::AmxTileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
@@ -45,6 +44,12 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
   }
   tpserve::kernels::KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
+}
+
+// C tiles 0..3 (16x16 f32) += A tiles 4,5 (16x32 bf16) x B tiles 6,7: 4 independent TDPBF16PS,
+// each 16*16*32*2 = 16384 flops.
+__attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
+  ConfigureTiles();
   alignas(64) uint16_t buf[16 * 32];  // each thread its own
   for (auto& v : buf) v = 0x3c00;
   alignas(64) float cbuf[16 * 16] = {};
@@ -84,13 +89,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void AmxLoop(int64_t iters) {
 // rows), the fewest loads per product any blocking gets. The ceiling a GEMM meets before any
 // cache or memory effect.
 __attribute__((target("amx-tile,amx-bf16"))) void AmxL1StepLoop(int64_t iters) {
-  tpserve::kernels::AmxTileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  tpserve::kernels::KeepTileConfigStores(cfg);
-  _tile_loadconfig(&cfg);
+  ConfigureTiles();
   alignas(64) uint16_t a[2][16 * 32];  // each thread its own (bf16 1.0)
   alignas(64) uint16_t w[16 * 128];    // 16 pair rows of 64 outputs
   for (auto& v : a[0]) v = 0x3f80;
