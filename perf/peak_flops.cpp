@@ -5,6 +5,7 @@
 //   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops",
 //                                              "amx_bf16_l1_step_gflops"}
 #include <immintrin.h>
+#include <sched.h>
 
 #include <chrono>
 #include <cstdint>
@@ -121,8 +122,15 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--threads") threads = std::atoi(argv[i + 1]);
   }
+  // The first `threads` CPUs this process may run on (taskset's), not CPUs 0..n-1: two probes
+  // started with `taskset -c 0` and `taskset -c 1` then really run on different CPUs.
   std::vector<int> cpus;
-  for (int t = 0; t < threads; ++t) cpus.push_back(t);
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  sched_getaffinity(0, sizeof(allowed), &allowed);
+  for (int c = 0; c < CPU_SETSIZE && static_cast<int>(cpus.size()) < threads; ++c) {
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  }
   tpserve::kernels::SetThreads(threads, cpus);
   nlohmann::json out = {{"threads", threads}};
   if (__builtin_cpu_supports("avx512f")) {

@@ -60,7 +60,8 @@ int main(int argc, char** argv) {
     std::cerr << "wrote " << out_path << "\n";
   }
   const auto bytes = PlanRankBytes(*plan, esize);
-  // The cache `serve --kv-cache-dtype auto` allocates: bf16 for bf16 weights, f32 otherwise.
+  // The cache `serve --kv-cache-dtype auto` allocates for unquantized weights: bf16 for bf16
+  // weights, f32 otherwise (int8-quantized weights get f32 too).
   const kernels::DType kv_dtype = dt == kernels::DType::kBF16 ? kernels::DType::kBF16 : kernels::DType::kF32;
   for (int r = 0; r < tp; ++r) {
     int64_t kv_heads = 0;

@@ -7,6 +7,7 @@
 // same allocation decisions, because it applies the same StepPlans.
 #pragma once
 
+#include <cassert>
 #include <cstdint>
 #include <vector>
 
@@ -58,6 +59,7 @@ class KvCachePool {
  private:
   template <class T>
   T* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
+    assert(sizeof(T) == kernels::DTypeSize(dtype_));  // float for f32, uint16_t for bf16
     const int nkv = kv_heads_[layer];
     return buf[layer].as<T>() + ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
   }
