@@ -389,6 +389,20 @@ TEST(Kernels, RmsNorm) {
   }
 }
 
+// Every element, vector part and tail, gets exactly its one float add; the rest of the buffer is
+// left alone.
+TEST(Kernels, AddInPlace) {
+  for (int n : {0, 1, 15, 16, 17, 100, 1003}) {
+    const std::vector<float> a = Random(n + 5, 4, 3.0f), b = Random(n + 5, 5, 3.0f);
+    std::vector<float> x = a;
+    AddInPlace(x.data() + 1, b.data() + 1, n);  // misaligned by one float
+    for (int i = 0; i < n + 5; ++i) {
+      const float want = i >= 1 && i <= n ? a[i] + b[i] : a[i];
+      ASSERT_EQ(x[i], want) << "n " << n << " at " << i;
+    }
+  }
+}
+
 TEST(Kernels, RopeRotateHalf) {
   for (int d : {2, 8, 64, 128}) {
     for (int pos : {0, 1, 17, 4095}) {

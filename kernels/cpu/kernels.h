@@ -144,6 +144,9 @@ inline void MatmulNT(const float* x, int n, const void* w, DType wt, int m, int 
 // y(n) = x(n) / rms(x) * weight(n), rms = sqrt(mean(x^2) + eps). x and y may alias.
 void RmsNorm(const float* x, const float* weight, int n, float eps, float* y);
 
+// x(n) += add(n), element by element.
+void AddInPlace(float* x, const float* add, int n);
+
 // Rotary embedding, rotate-half (HF Llama) convention, in place on one head vector:
 //   for i < d/2: (x[i], x[i+d/2]) <- (x[i] c - x[i+d/2] s, x[i+d/2] c + x[i] s), c,s =
 //   cos,sin(pos*inv_freq[i])

@@ -306,27 +306,29 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
   });
   const int hidden = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<float> x(static_cast<size_t>(n) * hidden), h(x.size()), delta(x.size());  // (n, hidden)
-  TPS_RETURN_IF_ERROR(Embed(ids.data(), n, x.data()));
+  // (n, hidden) each, kept between calls (every use writes them in full): the embeddings and
+  // residual stream, the normed rows, and each attention's or MLP's output.
+  const size_t rows_x_hidden = static_cast<size_t>(n) * hidden;
+  float* x = Grow(scratch_.x, rows_x_hidden);
+  float* h = Grow(scratch_.h, rows_x_hidden);
+  float* delta = Grow(scratch_.delta, rows_x_hidden);
+  TPS_RETURN_IF_ERROR(Embed(ids.data(), n, x));
   // h = norm(x), after x += delta where given: row by row, split over the pool.
   auto residual_norm = [&](const float* add, const HostTensor& weight) {
     k::ParallelFor(n, kRowGrain, [&](int t0, int t1) {
       for (int t = t0; t < t1; ++t) {
         float* xt = &x[static_cast<size_t>(t) * hidden];
-        if (add != nullptr) {
-          const float* dt = add + static_cast<size_t>(t) * hidden;
-          for (int i = 0; i < hidden; ++i) xt[i] += dt[i];
-        }
+        if (add != nullptr) k::AddInPlace(xt, add + static_cast<size_t>(t) * hidden, hidden);
         k::RmsNorm(xt, weight.f32(), hidden, eps, &h[static_cast<size_t>(t) * hidden]);
       }
     });
   };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = weights_.layers[l];
-    residual_norm(l == 0 ? nullptr : delta.data(), L.attn_norm);  // delta: the previous MLP's
-    TPS_RETURN_IF_ERROR(Attention(l, batch, pool, h.data(), delta.data()));
-    residual_norm(delta.data(), L.mlp_norm);
-    TPS_RETURN_IF_ERROR(Mlp(l, n, h.data(), delta.data()));
+    residual_norm(l == 0 ? nullptr : delta, L.attn_norm);  // delta: the previous MLP's
+    TPS_RETURN_IF_ERROR(Attention(l, batch, pool, h, delta));
+    residual_norm(delta, L.mlp_norm);
+    TPS_RETURN_IF_ERROR(Mlp(l, n, h, delta));
   }
   // Logits of each sequence's last token only, for this rank's vocab range: (items, local_vocab).
   // Only those rows need the last MLP's output added.
@@ -334,7 +336,7 @@ Status LlamaModel::ForwardBatch(const std::vector<ForwardItem>& items, KvCachePo
   for (size_t it = 0; it < items.size(); ++it) {
     items[it].seq->length += items[it].n;
     const size_t row = static_cast<size_t>(batch.first_row[it] + items[it].n - 1) * hidden;
-    for (int i = 0; i < hidden; ++i) x[row + i] += delta[row + i];
+    k::AddInPlace(&x[row], &delta[row], hidden);
     k::RmsNorm(&x[row], weights_.final_norm.f32(), hidden, eps, &last[it * hidden]);
   }
   const HostTensor& lm = weights_.logits_weight();

@@ -85,7 +85,7 @@ class LlamaModel {
   // tens of MB, and a fresh buffer per layer cost its page faults and zeroing every time (~5 % of
   // a 1024-token prefill). They grow to the largest batch seen; every use writes them in full.
   struct Scratch {
-    std::vector<float> qkv, attn, gate_up, act;
+    std::vector<float> x, h, delta, qkv, attn, gate_up, act;
   };
   Scratch scratch_;
 };
