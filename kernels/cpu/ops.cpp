@@ -220,18 +220,6 @@ __attribute__((always_inline)) inline void AccumulateRowsT(const float* w, const
     for (int i = i0; i < d; ++i) out[i] = std::fma(w[p], ToF32(v[static_cast<size_t>(p) * d + i]), out[i]);
   }
 }
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
-                                                                                         const float* v,
-                                                                                         int rows, int d,
-                                                                                         float* out) {
-  AccumulateRowsT(w, v, rows, d, out);
-}
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AccumulateRows(const float* w,
-                                                                                         const uint16_t* v,
-                                                                                         int rows, int d,
-                                                                                         float* out) {
-  AccumulateRowsT(w, v, rows, d, out);
-}
 
 // Lane sums of v[0..n), v[j]'s into s[j] (lanes never mix between keys, so v[n..16) do not matter), by the
 // same tree for every j: lanes i and i + 8, then i and i + 4, i and i + 2, i and i + 1 (the shuffles only
@@ -323,23 +311,14 @@ __attribute__((always_inline)) inline void KeyScores16T(const float* q, const T*
   for (; j < n; ++j) KeyLanes(q, keys + static_cast<size_t>(j) * d, d, &lanes[j]);
   SumLanes16(lanes, n, s);
 }
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
-                                                                                      const float* keys,
-                                                                                      int n, int d,
-                                                                                      float* s) {
-  KeyScores16T(q, keys, n, d, s);
-}
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void KeyScores16(const float* q,
-                                                                                      const uint16_t* keys,
-                                                                                      int n, int d,
-                                                                                      float* s) {
-  KeyScores16T(q, keys, n, d, s);
-}
 
-// AttentionHeads over either cache dtype (the public overloads below).
+// AttentionHeads over either cache dtype: the public overloads below are cloned per ISA, and this
+// body, with the key and value loops, is inlined into each clone (no per-block dispatch).
 template <class T>
-void AttentionHeadsT(const float* const* q, int g, const T* const* k_blocks, const T* const* v_blocks,
-                     int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
+__attribute__((always_inline)) inline void AttentionHeadsT(const float* const* q, int g,
+                                                           const T* const* k_blocks, const T* const* v_blocks,
+                                                           int npos, int block_size, int d, float scale,
+                                                           float* scratch, float* const* out) {
   const int dp = (d + 15) / 16 * 16;
   float* qpad = scratch + static_cast<size_t>(g) * npos;  // (g, dp): the queries, zero-padded
   for (int h = 0; h < g; ++h) {
@@ -355,7 +334,7 @@ void AttentionHeadsT(const float* const* q, int g, const T* const* k_blocks, con
     for (int j = 0; j < n_in; j += 16) {
       const T* keys = k_blocks[b] + static_cast<size_t>(j) * d;
       for (int h = 0; h < g; ++h) {
-        KeyScores16(qpad + static_cast<size_t>(h) * dp, keys, std::min(16, n_in - j), d, scores(h) + p + j);
+        KeyScores16T(qpad + static_cast<size_t>(h) * dp, keys, std::min(16, n_in - j), d, scores(h) + p + j);
       }
     }
   }
@@ -365,7 +344,7 @@ void AttentionHeadsT(const float* const* q, int g, const T* const* k_blocks, con
   }
   for (int b = 0; b < nblocks; ++b) {  // a block's values, likewise once from memory
     for (int h = 0; h < g; ++h)
-      AccumulateRows(scores(h) + b * block_size, v_blocks[b], rows_in(b), d, out[h]);
+      AccumulateRowsT(scores(h) + b * block_size, v_blocks[b], rows_in(b), d, out[h]);
   }
 }
 }  // namespace
@@ -374,14 +353,15 @@ size_t AttentionScratchFloats(int g, int npos, int d) {
   return static_cast<size_t>(g) * (npos + (d + 15) / 16 * 16);
 }
 
-void AttentionHeads(const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks,
-                    int npos, int block_size, int d, float scale, float* scratch, float* const* out) {
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AttentionHeads(
+    const float* const* q, int g, const float* const* k_blocks, const float* const* v_blocks, int npos,
+    int block_size, int d, float scale, float* scratch, float* const* out) {
   AttentionHeadsT(q, g, k_blocks, v_blocks, npos, block_size, d, scale, scratch, out);
 }
 
-void AttentionHeads(const float* const* q, int g, const uint16_t* const* k_blocks,
-                    const uint16_t* const* v_blocks, int npos, int block_size, int d, float scale,
-                    float* scratch, float* const* out) {
+__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void AttentionHeads(
+    const float* const* q, int g, const uint16_t* const* k_blocks, const uint16_t* const* v_blocks, int npos,
+    int block_size, int d, float scale, float* scratch, float* const* out) {
   AttentionHeadsT(q, g, k_blocks, v_blocks, npos, block_size, d, scale, scratch, out);
 }
 
