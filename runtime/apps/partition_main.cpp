@@ -60,15 +60,11 @@ int main(int argc, char** argv) {
     std::cerr << "wrote " << out_path << "\n";
   }
   const auto bytes = PlanRankBytes(*plan, esize);
-  // The cache `serve --kv-cache-dtype auto` allocates for unquantized weights: bf16 for bf16
-  // weights, f32 otherwise (int8-quantized weights get f32 too).
-  const kernels::DType kv_dtype = dt == kernels::DType::kBF16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+  // The cache `serve --kv-cache-dtype auto` allocates for these weights unquantized (int8-quantized
+  // weights get f32).
+  const kernels::DType kv_dtype = AutoKvCacheDtype(dt);
   for (int r = 0; r < tp; ++r) {
-    int64_t kv_heads = 0;
-    for (const LayerShard& l : (*shards)[r].layers) kv_heads += l.kv_heads.size();
-    // K and V of this rank's heads (KvCachePool::BytesPerToken; the engine is not linked here)
-    const int64_t kv_per_token =
-        kv_heads * config->head_dim * 2 * static_cast<int64_t>(kernels::DTypeSize(kv_dtype));
+    const int64_t kv_per_token = KvBytesPerToken(*config, (*shards)[r], kv_dtype);
     std::cerr << fmt::format("rank {}: weights {} ({} sharded + {} replicated), KV cache {} per token ({})\n",
                              r, HumanBytes(bytes[r].sharded + bytes[r].replicated),
                              HumanBytes(bytes[r].sharded), HumanBytes(bytes[r].replicated),

@@ -164,8 +164,7 @@ int64_t PoolBlocks(const EngineOptions& o, const ModelConfig& c) {
 Result<kernels::DType> KvCacheDtype(const std::string& name, const LlamaModel& model) {
   if (name == "auto") {
     const auto& layers = model.weights().layers;
-    const bool bf16 = !layers.empty() && layers[0].qkv.dtype() == kernels::DType::kBF16;
-    return bf16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+    return AutoKvCacheDtype(layers.empty() ? kernels::DType::kF32 : layers[0].qkv.dtype());
   }
   if (name == "float32" || name == "f32") return kernels::DType::kF32;
   if (name == "bfloat16" || name == "bf16") return kernels::DType::kBF16;

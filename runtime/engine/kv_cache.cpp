@@ -10,9 +10,7 @@
 namespace tpserve {
 
 int64_t KvCachePool::BytesPerToken(const ModelConfig& c, const RankShard& shard, kernels::DType dtype) {
-  int64_t heads = 0;
-  for (const LayerShard& l : shard.layers) heads += l.kv_heads.size();
-  return heads * c.head_dim * 2 * static_cast<int64_t>(kernels::DTypeSize(dtype));
+  return KvBytesPerToken(c, shard, dtype);
 }
 
 KvCachePool::KvCachePool(const ModelConfig& c, const RankShard& shard, int64_t num_blocks, int block_size,

@@ -45,23 +45,30 @@ class KvCachePool {
 
   kernels::DType dtype() const { return dtype_; }
 
-  // Row of head `local_head` at offset `slot` (< block_size) of `block` in `layer`, as T: float
-  // for an f32 cache, uint16_t (bf16 bits) for a bf16 one.
+  // Row of head `local_head` at offset `slot` (< block_size) of `block` in `layer`, in dtype()
+  // (for ConvertDType), or as T: float for an f32 cache, uint16_t (bf16 bits) for a bf16 one.
+  void* k(int layer, int32_t block, int local_head, int slot) {
+    return Row(k_, layer, block, local_head, slot);
+  }
+  void* v(int layer, int32_t block, int local_head, int slot) {
+    return Row(v_, layer, block, local_head, slot);
+  }
   template <class T>
   T* k(int layer, int32_t block, int local_head, int slot) {
-    return Row<T>(k_, layer, block, local_head, slot);
+    assert(sizeof(T) == kernels::DTypeSize(dtype_));
+    return static_cast<T*>(k(layer, block, local_head, slot));
   }
   template <class T>
   T* v(int layer, int32_t block, int local_head, int slot) {
-    return Row<T>(v_, layer, block, local_head, slot);
+    assert(sizeof(T) == kernels::DTypeSize(dtype_));
+    return static_cast<T*>(v(layer, block, local_head, slot));
   }
 
  private:
-  template <class T>
-  T* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
-    assert(sizeof(T) == kernels::DTypeSize(dtype_));  // float for f32, uint16_t for bf16
+  void* Row(std::vector<kernels::LargeBuffer>& buf, int layer, int32_t block, int head, int slot) {
     const int nkv = kv_heads_[layer];
-    return buf[layer].as<T>() + ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
+    const size_t element = ((static_cast<size_t>(block) * nkv + head) * block_size_ + slot) * head_dim_;
+    return buf[layer].as<char>() + element * kernels::DTypeSize(dtype_);
   }
 
   kernels::DType dtype_;

@@ -93,7 +93,6 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   add_bias(q_dim, L.k_bias);
   add_bias(q_dim + kv_dim, L.v_bias);
 
-  const bool kv_bf16 = pool.dtype() == k::DType::kBF16;
   // Per row: qk-norm, RoPE at the row's position, and K/V into its sequence's blocks (rows are
   // independent, and each writes its own cache slots: the pool splits them).
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -112,15 +111,9 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
         if (!L.k_norm.empty()) k::RmsNorm(v, L.k_norm.f32(), hd, eps, v);
         k::RopeRotateHalf(v, hd, cos_sin);
         const int32_t block = seq.blocks[pos / bs];
-        if (kv_bf16) {
-          k::ConvertDType(v, k::DType::kF32, pool.k<uint16_t>(layer, block, hk, pos % bs), k::DType::kBF16,
-                          hd);
-          k::ConvertDType(v_at(t, hk), k::DType::kF32, pool.v<uint16_t>(layer, block, hk, pos % bs),
-                          k::DType::kBF16, hd);
-        } else {
-          std::memcpy(pool.k<float>(layer, block, hk, pos % bs), v, sizeof(float) * hd);
-          std::memcpy(pool.v<float>(layer, block, hk, pos % bs), v_at(t, hk), sizeof(float) * hd);
-        }
+        // Into the cache's dtype (a plain copy for an f32 cache).
+        k::ConvertDType(v, k::DType::kF32, pool.k(layer, block, hk, pos % bs), pool.dtype(), hd);
+        k::ConvertDType(v_at(t, hk), k::DType::kF32, pool.v(layer, block, hk, pos % bs), pool.dtype(), hd);
       }
     }
   });
@@ -144,6 +137,7 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
   };
   std::vector<DecodeRow> decode_rows;
   // Per decode sequence: (nkv, its blocks), in the f32 or the bf16 pair as the cache holds.
+  const bool kv_bf16 = pool.dtype() == k::DType::kBF16;
   std::vector<const float*> kb, vb;
   std::vector<const uint16_t*> kb16, vb16;
   int decode_npos_max = 0;
@@ -161,15 +155,10 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
           const int n_in = std::min(bs, npos_max - b * bs);
           const size_t at = (static_cast<size_t>(hk) * npos_max + static_cast<size_t>(b) * bs) * hd;
           const size_t count = static_cast<size_t>(n_in) * hd;
-          if (kv_bf16) {
-            k::ConvertDType(pool.k<uint16_t>(layer, seq.blocks[b], hk, 0), k::DType::kBF16, &keys[at],
-                            k::DType::kF32, count);
-            k::ConvertDType(pool.v<uint16_t>(layer, seq.blocks[b], hk, 0), k::DType::kBF16, &vals[at],
-                            k::DType::kF32, count);
-          } else {
-            std::memcpy(&keys[at], pool.k<float>(layer, seq.blocks[b], hk, 0), sizeof(float) * count);
-            std::memcpy(&vals[at], pool.v<float>(layer, seq.blocks[b], hk, 0), sizeof(float) * count);
-          }
+          k::ConvertDType(pool.k(layer, seq.blocks[b], hk, 0), pool.dtype(), &keys[at], k::DType::kF32,
+                          count);
+          k::ConvertDType(pool.v(layer, seq.blocks[b], hk, 0), pool.dtype(), &vals[at], k::DType::kF32,
+                          count);
         }
       }
       if (amx_attention) {

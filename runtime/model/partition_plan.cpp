@@ -399,4 +399,14 @@ std::vector<RankBytes> PlanRankBytes(const PartitionPlan& plan, size_t esize) {
   return out;
 }
 
+int64_t KvBytesPerToken(const ModelConfig& config, const RankShard& shard, kernels::DType kv_dtype) {
+  int64_t heads = 0;
+  for (const LayerShard& l : shard.layers) heads += static_cast<int64_t>(l.kv_heads.size());
+  return heads * config.head_dim * 2 * static_cast<int64_t>(kernels::DTypeSize(kv_dtype));
+}
+
+kernels::DType AutoKvCacheDtype(kernels::DType weight_dtype) {
+  return weight_dtype == kernels::DType::kBF16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+}
+
 }  // namespace tpserve

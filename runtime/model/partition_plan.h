@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "cpu/dtype.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 
@@ -86,5 +87,12 @@ struct RankBytes {
   uint64_t replicated = 0;
 };
 std::vector<RankBytes> PlanRankBytes(const PartitionPlan& plan, size_t dtype_size);
+
+// One rank's KV cache bytes per token: K and V of its heads over all layers, elements of
+// `kv_dtype` (KvCachePool's layout).
+int64_t KvBytesPerToken(const ModelConfig& config, const RankShard& shard, kernels::DType kv_dtype);
+// The KV cache dtype `--kv-cache-dtype auto` gives weights stored as `weight_dtype`: bf16 for bf16
+// (the cache takes the model's dtype, as in vLLM and SGLang), f32 for f32, f16 and int8.
+kernels::DType AutoKvCacheDtype(kernels::DType weight_dtype);
 
 }  // namespace tpserve
