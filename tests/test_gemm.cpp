@@ -402,6 +402,44 @@ TEST(Gemm, AttentionPrefillAmxMatchesCausalSoftmaxReference) {
   }
 }
 
+// The tiles from a paged cache (as the engine's prefill builds them) are those of the contiguous
+// keys and values, for an f32 cache and for a bf16 one holding the same values rounded, whatever
+// the block size and a last block's fill. (No tile instructions: runs on any CPU.)
+TEST(Gemm, PrepareAmxKvFromPagedBlocksEqualsContiguous) {
+  for (int d : {32, 96}) {
+    for (int keys : {1, 17, 70}) {
+      const std::vector<float> kk = Random(static_cast<size_t>(keys) * d, 5 + keys + d, 2.0f),
+                               v = Random(static_cast<size_t>(keys) * d, 6 + keys + d);
+      AmxKvTiles want;
+      PrepareAmxKv(kk.data(), v.data(), keys, d, &want);
+      for (int bs : {1, 3, 16}) {
+        for (DType dt : {DType::kF32, DType::kBF16}) {
+          // Each block in a buffer of its own, a full block's size, as the cache's blocks are.
+          const int nblocks = (keys + bs - 1) / bs;
+          const size_t elem = DTypeSize(dt), block_bytes = static_cast<size_t>(bs) * d * elem;
+          std::vector<std::vector<char>> kbuf(nblocks, std::vector<char>(block_bytes)),
+              vbuf(nblocks, std::vector<char>(block_bytes));
+          std::vector<const void*> kb(nblocks), vb(nblocks);
+          for (int b = 0; b < nblocks; ++b) {
+            const size_t n = static_cast<size_t>(std::min(bs, keys - b * bs)) * d;
+            ConvertDType(&kk[static_cast<size_t>(b) * bs * d], DType::kF32, kbuf[b].data(), dt, n);
+            ConvertDType(&v[static_cast<size_t>(b) * bs * d], DType::kF32, vbuf[b].data(), dt, n);
+            kb[b] = kbuf[b].data();
+            vb[b] = vbuf[b].data();
+          }
+          AmxKvTiles got;
+          PrepareAmxKv(kb.data(), vb.data(), dt, bs, keys, d, &got);
+          const std::string where = "d " + std::to_string(d) + " keys " + std::to_string(keys) + " block " +
+                                    std::to_string(bs) + (dt == DType::kBF16 ? " bf16" : " f32");
+          EXPECT_EQ(got.keys, keys) << where;
+          EXPECT_EQ(got.kt, want.kt) << where;
+          EXPECT_EQ(got.vt, want.vt) << where;
+        }
+      }
+    }
+  }
+}
+
 TEST(Gemm, ExpShiftedSumMatchesStdExp) {
   for (float top : {10.0f, 88.0f}) {  // the sum is checked where it stays finite
     std::vector<float> x;

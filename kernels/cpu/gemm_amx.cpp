@@ -308,26 +308,42 @@ void PackedBf16Amx(const uint16_t* x, int n, int kpad, const uint16_t* blocks, i
   _tile_release();
 }
 
-void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out) {
+void PrepareAmxKv(const void* const* k_blocks, const void* const* v_blocks, DType dtype, int block_size,
+                  int keys, int d, AmxKvTiles* out) {
   const int padded = PaddedKeys(keys);
   const int dsteps = d / 32, dcols = d / 16;
+  const size_t elem = DTypeSize(dtype);
   out->keys = keys, out->d = d;
   out->kt.assign(static_cast<size_t>(padded) * d, 0);
   out->vt.assign(static_cast<size_t>(padded) * d, 0);
-  // kt tile (key block jb, dims 32 ds ..): element (pair p, key j, e) is dim 32 ds + 2p + e of key 16 jb + j.
+  // Key j's row in bf16: the cache's own bits where it holds bf16, else rounded into `row`.
   std::vector<uint16_t> row(d);
+  auto bf16_row = [&](const void* const* blocks, int j) {
+    const void* src =
+        static_cast<const char*>(blocks[j / block_size]) + static_cast<size_t>(j % block_size) * d * elem;
+    if (dtype == DType::kBF16) return static_cast<const uint16_t*>(src);
+    ConvertDType(src, dtype, row.data(), DType::kBF16, d);
+    return static_cast<const uint16_t*>(row.data());
+  };
+  // kt tile (key block jb, dims 32 ds ..): element (pair p, key j, e) is dim 32 ds + 2p + e of key 16 jb + j.
   for (int j = 0; j < keys; ++j) {
-    ConvertDType(k + static_cast<size_t>(j) * d, DType::kF32, row.data(), DType::kBF16, d);
+    const uint16_t* r = bf16_row(k_blocks, j);
     uint16_t* tiles = &out->kt[static_cast<size_t>(j / 16) * dsteps * 512 + (j % 16) * 2];
-    for (int c = 0; c < d; c += 2) std::memcpy(&tiles[(c / 32) * 512 + (c % 32 / 2) * 32], &row[c], 4);
+    for (int c = 0; c < d; c += 2) std::memcpy(&tiles[(c / 32) * 512 + (c % 32 / 2) * 32], &r[c], 4);
   }
   // vt tile (keys 32 js .., dims 16 cb ..): element (pair p, dim c, e) is dim 16 cb + c of key
   // 32 js + 2p + e.
   for (int j = 0; j < keys; ++j) {
-    ConvertDType(v + static_cast<size_t>(j) * d, DType::kF32, row.data(), DType::kBF16, d);
+    const uint16_t* r = bf16_row(v_blocks, j);
     uint16_t* tiles = &out->vt[static_cast<size_t>(j / 32) * dcols * 512 + (j % 32 / 2) * 32 + j % 2];
-    for (int c = 0; c < d; ++c) tiles[(c / 16) * 512 + (c % 16) * 2] = row[c];
+    for (int c = 0; c < d; ++c) tiles[(c / 16) * 512 + (c % 16) * 2] = r[c];
   }
+}
+
+void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out) {
+  const void* kb[] = {k};
+  const void* vb[] = {v};
+  PrepareAmxKv(kb, vb, DType::kF32, std::max(keys, 1), keys, d, out);
 }
 
 void AttentionPrefillAmx(const float* q, int ldq, int rows, int pos0, const AmxKvTiles& kv, float scale,

@@ -147,8 +147,30 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
     const int pos0 = batch.pos[first], npos_max = pos0 + rows;
     const int nblocks = static_cast<int>(KvCachePool::BlocksFor(npos_max, bs));
     if (!deterministic_ && rows >= k::kGemmMinRows) {
-      // Prefill chunk: per local KV head, its keys/values made contiguous, then each query head's
-      // causal attention as GEMMs. Threads split the query heads.
+      if (amx_attention) {
+        // As the projections' AMX GEMMs, in bf16 (f32 scores and softmax): each KV head's tiles
+        // once, straight from its cache blocks, then the query heads.
+        std::vector<k::AmxKvTiles> tiles(nkv);
+        k::ParallelFor(nkv, 1, [&](int h0, int h1) {
+          std::vector<const void*> kblocks(nblocks), vblocks(nblocks);
+          for (int hk = h0; hk < h1; ++hk) {
+            for (int b = 0; b < nblocks; ++b) {
+              kblocks[b] = pool.k(layer, seq.blocks[b], hk, 0);
+              vblocks[b] = pool.v(layer, seq.blocks[b], hk, 0);
+            }
+            k::PrepareAmxKv(kblocks.data(), vblocks.data(), pool.dtype(), bs, npos_max, hd, &tiles[hk]);
+          }
+        });
+        k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {
+          for (int hq = h0; hq < h1; ++hq) {
+            k::AttentionPrefillAmx(q_at(first, hq), static_cast<int>(qkv_dim), rows, pos0, tiles[kv_of(hq)],
+                                   scale, &attn[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd);
+          }
+        });
+        continue;
+      }
+      // Prefill chunk: per local KV head, its keys/values made contiguous in f32, then each query
+      // head's causal attention as GEMMs. Threads split the query heads.
       std::vector<float> keys(static_cast<size_t>(nkv) * npos_max * hd), vals(keys.size());
       for (int hk = 0; hk < nkv; ++hk) {
         for (int b = 0; b < nblocks; ++b) {
@@ -160,24 +182,6 @@ Status LlamaModel::Attention(int layer, const Batch& batch, KvCachePool& pool, c
           k::ConvertDType(pool.v(layer, seq.blocks[b], hk, 0), pool.dtype(), &vals[at], k::DType::kF32,
                           count);
         }
-      }
-      if (amx_attention) {
-        // As the projections' AMX GEMMs, in bf16 (f32 scores and softmax): each KV head's tiles
-        // once, then the query heads.
-        std::vector<k::AmxKvTiles> tiles(nkv);
-        k::ParallelFor(nkv, 1, [&](int h0, int h1) {
-          for (int hk = h0; hk < h1; ++hk) {
-            const size_t at = static_cast<size_t>(hk) * npos_max * hd;
-            k::PrepareAmxKv(&keys[at], &vals[at], npos_max, hd, &tiles[hk]);
-          }
-        });
-        k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {
-          for (int hq = h0; hq < h1; ++hq) {
-            k::AttentionPrefillAmx(q_at(first, hq), static_cast<int>(qkv_dim), rows, pos0, tiles[kv_of(hq)],
-                                   scale, &attn[(static_cast<size_t>(first) * nq + hq) * hd], nq * hd);
-          }
-        });
-        continue;
       }
       k::ParallelForDynamic(nq, 1, [&](int h0, int h1) {  // heads taken one at a time
         // One scratch per pool thread, kept across calls (AttentionPrefill writes it before reading).
