@@ -402,23 +402,41 @@ TEST(Gemm, AttentionPrefillAmxMatchesCausalSoftmaxReference) {
   }
 }
 
-// The tiles from a paged cache (as the engine's prefill builds them) are those of the contiguous
-// keys and values, for an f32 cache and for a bf16 one holding the same values rounded, whatever
-// the block size and a last block's fill. (No tile instructions: runs on any CPU.)
-TEST(Gemm, PrepareAmxKvFromPagedBlocksEqualsContiguous) {
+// The K/V tiles, written out here from their layout (kernels.h: AmxKvTiles; zeros past the keys, up
+// to a multiple of kAmxKeyBlock), from a contiguous f32 cache and from paged f32 and bf16 caches
+// holding the same values, whatever the block size and a last block's fill. The rows past the keys
+// hold NaN, as stale rows of a reused block may: a read of them would show. (No tile instructions:
+// runs on any CPU.)
+TEST(Gemm, PrepareAmxKvFromPagedBlocksMatchesTheTileLayout) {
   for (int d : {32, 96}) {
-    for (int keys : {1, 17, 70}) {
+    for (int keys : {1, 17, 64, 65, 70}) {
       const std::vector<float> kk = Random(static_cast<size_t>(keys) * d, 5 + keys + d, 2.0f),
                                v = Random(static_cast<size_t>(keys) * d, 6 + keys + d);
-      AmxKvTiles want;
-      PrepareAmxKv(kk.data(), v.data(), keys, d, &want);
+      const int padded = (keys + kAmxKeyBlock - 1) / kAmxKeyBlock * kAmxKeyBlock;
+      const int dsteps = d / 32, dcols = d / 16;
+      // kt: tile (16 keys jb, 32 dims ds), row = pair of dims, column = key x 2 + dim in the pair;
+      // vt: tile (32 keys js, 16 dims cb), row = pair of keys, column = dim x 2 + key in the pair.
+      AlignedVector<uint16_t> kt(static_cast<size_t>(padded) * d, 0), vt(kt.size(), 0);
+      for (int j = 0; j < keys; ++j) {
+        for (int c = 0; c < d; ++c) {
+          kt[static_cast<size_t>(j / 16 * dsteps + c / 32) * 512 + (c % 32 / 2) * 32 + (j % 16) * 2 + c % 2] =
+              F32ToBf16(kk[static_cast<size_t>(j) * d + c]);
+          vt[static_cast<size_t>(j / 32 * dcols + c / 16) * 512 + (j % 32 / 2) * 32 + (c % 16) * 2 + j % 2] =
+              F32ToBf16(v[static_cast<size_t>(j) * d + c]);
+        }
+      }
+      AmxKvTiles contiguous;
+      PrepareAmxKv(kk.data(), v.data(), keys, d, &contiguous);
+      EXPECT_EQ(contiguous.keys, keys);
+      EXPECT_EQ(contiguous.kt, kt) << "contiguous, d " << d << " keys " << keys;
+      EXPECT_EQ(contiguous.vt, vt) << "contiguous, d " << d << " keys " << keys;
       for (int bs : {1, 3, 16}) {
         for (DType dt : {DType::kF32, DType::kBF16}) {
           // Each block in a buffer of its own, a full block's size, as the cache's blocks are.
           const int nblocks = (keys + bs - 1) / bs;
           const size_t elem = DTypeSize(dt), block_bytes = static_cast<size_t>(bs) * d * elem;
-          std::vector<std::vector<char>> kbuf(nblocks, std::vector<char>(block_bytes)),
-              vbuf(nblocks, std::vector<char>(block_bytes));
+          std::vector<std::vector<char>> kbuf(nblocks, std::vector<char>(block_bytes, '\xff')),
+              vbuf(nblocks, std::vector<char>(block_bytes, '\xff'));
           std::vector<const void*> kb(nblocks), vb(nblocks);
           for (int b = 0; b < nblocks; ++b) {
             const size_t n = static_cast<size_t>(std::min(bs, keys - b * bs)) * d;
@@ -432,8 +450,8 @@ TEST(Gemm, PrepareAmxKvFromPagedBlocksEqualsContiguous) {
           const std::string where = "d " + std::to_string(d) + " keys " + std::to_string(keys) + " block " +
                                     std::to_string(bs) + (dt == DType::kBF16 ? " bf16" : " f32");
           EXPECT_EQ(got.keys, keys) << where;
-          EXPECT_EQ(got.kt, want.kt) << where;
-          EXPECT_EQ(got.vt, want.vt) << where;
+          EXPECT_EQ(got.kt, kt) << where;
+          EXPECT_EQ(got.vt, vt) << where;
         }
       }
     }

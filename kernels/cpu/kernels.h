@@ -98,6 +98,7 @@ struct AmxKvTiles {
 void PrepareAmxKv(const float* k, const float* v, int keys, int d, AmxKvTiles* out);
 // The same from a paged cache: key j's row is row j % block_size of k_blocks[j / block_size] (rows
 // of d elements of `dtype`, f32 or bf16; a bf16 cache's bits are taken as they are), likewise v.
+// Only rows j < keys are read (a last block's other rows may hold anything).
 void PrepareAmxKv(const void* const* k_blocks, const void* const* v_blocks, DType dtype, int block_size,
                   int keys, int d, AmxKvTiles* out);
 inline bool AmxAttentionSupports(int d) {

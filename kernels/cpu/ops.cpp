@@ -171,7 +171,8 @@ __attribute__((always_inline)) inline void Load16(const uint16_t* p, V16* v) {
   U16x16 h;
   std::memcpy(&h, p, sizeof(h));
   // Element by element rather than __builtin_convertvector, which GCC 12 widens in two halves
-  // (vpmovzxwd to ymm twice, extract, insert); this form is one vpmovzxwd from memory to zmm.
+  // (vpmovzxwd to ymm twice, extract, insert); in the AVX-512 clone this form is one vpmovzxwd
+  // from memory to zmm.
   U32x16 w = {h[0], h[1], h[2],  h[3],  h[4],  h[5],  h[6],  h[7],
               h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]};
   w <<= 16;
