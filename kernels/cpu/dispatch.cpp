@@ -62,6 +62,36 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   auto store = [&](int t, int o, int64_t dot) {
     y[static_cast<size_t>(t) * m + o] = static_cast<float>(static_cast<double>(dot) * xs[t] * row_scales[o]);
   };
+  if (n >= kI8BatchRows && kt.rows_i8_batch != nullptr) {
+    // A batch: kI8BatchRows consecutive weight rows against kI8BatchRows activation rows at a
+    // time, the weight rows (kept in L1) widened once per group of activations; the activation
+    // rows left over go one at a time, and so do the weight rows left over.
+    constexpr int B = kI8BatchRows;
+    ParallelFor(m, 16, [&](int o_begin, int o_end) {
+      int o = o_begin;
+      for (; o + B <= o_end; o += B) {
+        const int8_t* rows = w + static_cast<size_t>(o) * k;
+        int t = 0;
+        for (; t + B <= n; t += B) {
+          int64_t out[B * B];
+          kt.rows_i8_batch(&xq[static_cast<size_t>(t) * k], static_cast<size_t>(k), rows,
+                           static_cast<size_t>(k), k, out);
+          for (int a = 0; a < B; ++a) {
+            for (int j = 0; j < B; ++j) store(t + a, o + j, out[a * B + j]);
+          }
+        }
+        for (; t < n; ++t) {
+          for (int j = 0; j < B; ++j)
+            store(t, o + j, kt.dot_i8(&xq[static_cast<size_t>(t) * k], rows + static_cast<size_t>(j) * k, k));
+        }
+      }
+      for (; o < o_end; ++o) {
+        for (int t = 0; t < n; ++t)
+          store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(o) * k, k));
+      }
+    });
+    return;
+  }
   ParallelFor(m, 16, [&](int o_begin, int o_end) {
     int o = o_begin;
     if (kt.rows_i8 != nullptr) {

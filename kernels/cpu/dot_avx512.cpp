@@ -113,6 +113,10 @@ int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k) {
 void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out) {
   int8_detail::RowsI8Impl<kRowsI8, false>(x, w, row_stride, k, out);
 }
+void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
+                       int64_t* out) {
+  int8_detail::RowsI8BatchImpl<kI8BatchRows, kI8BatchRows, false>(x, x_stride, w, row_stride, k, out);
+}
 
 // dot_avx512_packed.cpp
 void PackedBf16Avx512(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
@@ -134,6 +138,7 @@ const CpuKernelTable* Avx512Kernels() {
     const bool vnni = __builtin_cpu_supports("avx512vnni");
     t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
     t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
+    t.rows_i8_batch = vnni ? RowsI8BatchAvx512Vnni : RowsI8BatchAvx512;
     t.packed_bf16 = PackedBf16Avx512;
     return t;
   }();

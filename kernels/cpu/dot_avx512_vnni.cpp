@@ -10,5 +10,9 @@ int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k) {
 void RowsI8Avx512Vnni(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out) {
   int8_detail::RowsI8Impl<kRowsI8, true>(x, w, row_stride, k, out);
 }
+void RowsI8BatchAvx512Vnni(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
+                           int64_t* out) {
+  int8_detail::RowsI8BatchImpl<kI8BatchRows, kI8BatchRows, true>(x, x_stride, w, row_stride, k, out);
+}
 
 }  // namespace tpserve::kernels

@@ -14,6 +14,10 @@ int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k);
 void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k);
 void RowsI8Avx512Vnni(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
+void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
+                       int64_t* out);
+void RowsI8BatchAvx512Vnni(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
+                           int64_t* out);
 
 // Internal linkage: each including file (built with different ISA flags) keeps its own copy.
 namespace int8_detail {
@@ -86,6 +90,51 @@ inline void RowsI8Impl(const int16_t* x, const int8_t* first, size_t row_stride,
     }
   }
   for (int j = 0; j < R; ++j) out[j] = total[j];
+}
+
+// T activation rows (x_stride apart) against R weight rows (row_stride apart): each 32-element
+// step of a weight row is widened once for all T rows, whose sums stay in T x R registers. The
+// sums are exact, so out[t * R + j] equals RowsI8Impl's for row j and activation t bit for bit.
+template <int T, int R, bool kVnni>
+inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const int8_t* first, size_t row_stride, int k,
+                            int64_t* out) {
+  const int8_t* w[R];
+  for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
+  int64_t total[T][R] = {};
+  int i = 0;
+  while (i + 32 <= k) {
+    __m512i acc[T][R];
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < R; ++j) acc[t][j] = _mm512_setzero_si512();
+    }
+    for (int steps = 0; steps < kI8FlushSteps && i + 32 <= k; ++steps, i += 32) {
+      __m512i xv[T];
+      for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_si512(x + t * x_stride + i);
+      for (int j = 0; j < R; ++j) {
+        if (i % 64 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + kI8PrefetchBytes, _MM_HINT_T0);
+        const __m512i wv =
+            _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + i)));
+        for (int t = 0; t < T; ++t) acc[t][j] = MaddAcc<kVnni>(acc[t][j], xv[t], wv);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      for (int j = 0; j < R; ++j) total[t][j] += WidenSum(acc[t][j]);
+    }
+  }
+  if (i < k) {
+    const __mmask32 m = static_cast<__mmask32>((1u << (k - i)) - 1u);
+    for (int j = 0; j < R; ++j) {
+      const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w[j] + i));
+      for (int t = 0; t < T; ++t) {
+        const __m512i xv = _mm512_maskz_loadu_epi16(m, x + t * x_stride + i);
+        total[t][j] += WidenSum(MaddAcc<kVnni>(_mm512_setzero_si512(), xv, wv));
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int j = 0; j < R; ++j) out[t * R + j] = total[t][j];
+  }
 }
 
 template <bool kVnni>

@@ -46,6 +46,12 @@ using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
 // before the memory system reached full speed (~12 against ~19 GB/s per core).
 inline constexpr int kRowsI8 = 8;
 using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
+// Batches (several activation rows): out[t * kI8BatchRows + j] = dot_i8(x + t * x_stride, w + j *
+// row_stride) for kI8BatchRows activation rows and as many weight rows, each weight widened once
+// for all the activation rows.
+inline constexpr int kI8BatchRows = 4;
+using RowsI8BatchFn = void (*)(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
+                               int64_t* out);
 
 // Packed bf16 weights (gemm.h: PackedBf16), the blocked layout of oneDNN's AMX and AVX512-BF16
 // GEMM kernels: output rows in blocks of kPackedRows; inside a block, the k inputs (zero-padded
@@ -119,7 +125,8 @@ struct CpuKernelTable {
   Dot4Fn dot4[kNumDTypes] = {};    // indexed by DType (float dtypes)
   Rows4Fn rows4[kNumDTypes] = {};  // indexed by DType; nullptr: dot per row
   DotI8Fn dot_i8 = nullptr;
-  RowsI8Fn rows_i8 = nullptr;  // nullptr: dot_i8 per row
+  RowsI8Fn rows_i8 = nullptr;             // nullptr: dot_i8 per row
+  RowsI8BatchFn rows_i8_batch = nullptr;  // nullptr: rows_i8 (or dot_i8) per activation row
   PackedBf16Fn packed_bf16 = PackedBf16Portable;
 };
 
