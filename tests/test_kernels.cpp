@@ -208,18 +208,20 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 // thread 53 rows are kRowsI8 runs of 6 rows and a remainder of 5, 19 rows runs of 2, 5 rows (and
 // at 2 threads the halves of 19) too few for one run; k = 2100 makes each row longer than the
 // 2 KB prefetch distance.
+// (m 70 and k a multiple of 64 take the AMX-INT8 path where the CPU has it: pairs of 16-row tiles
+// plus 6 rows left over; 17 and 33 rows more than one activation tile.)
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  for (const int m : {5, 19, 53}) {
-    for (const int k : {203, 2100}) {
-      const std::vector<float> x = Random(9 * k, 41, 2.0f);
+  for (const int m : {5, 19, 53, 70}) {
+    for (const int k : {203, 256, 2100, 2112}) {
+      const std::vector<float> x = Random(33 * k, 41, 2.0f);
       Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
-      std::vector<float> first(9 * m);
-      MatmulNT(PortableKernels(), x.data(), 9, w.bytes.data(), DType::kI8, m, k, first.data(),
+      std::vector<float> first(33 * m);
+      MatmulNT(PortableKernels(), x.data(), 33, w.bytes.data(), DType::kI8, m, k, first.data(),
                w.row_scales());
       for (const std::string& isa : SupportedIsas()) {
         for (int threads : {1, 2}) {
           SetThreads(threads);
-          for (int n = 1; n <= 9; ++n) {
+          for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33}) {
             std::vector<float> y(n * m);
             MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(),
                      w.row_scales());

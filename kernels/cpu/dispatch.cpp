@@ -62,12 +62,20 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   auto store = [&](int t, int o, int64_t dot) {
     y[static_cast<size_t>(t) * m + o] = static_cast<float>(static_cast<double>(dot) * xs[t] * row_scales[o]);
   };
+  // Batches on AMX-INT8 where the table allows it: the output rows in pairs of tiles; the rest below.
+  int m0 = 0;
+  if (kt.amx_int8 && n >= kI8BatchRows && k % kAmxInt8Step == 0 && m >= 2 * kAmxTileRows) {
+    MatmulInt8Amx(xq.data(), xs.data(), n, w, row_scales, m, k, y);
+    m0 = m / (2 * kAmxTileRows) * (2 * kAmxTileRows);
+  }
+  if (m0 == m) return;
   if (n >= kI8BatchRows && kt.rows_i8_batch != nullptr) {
     // A batch: kI8BatchRows consecutive weight rows against kI8BatchRows activation rows at a
     // time, the weight rows (kept in L1) widened once per group of activations; the activation
     // rows left over go one at a time, and so do the weight rows left over.
     constexpr int B = kI8BatchRows;
-    ParallelFor(m, 16, [&](int o_begin, int o_end) {
+    ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
+      o_begin += m0, o_end += m0;
       int o = o_begin;
       for (; o + B <= o_end; o += B) {
         const int8_t* rows = w + static_cast<size_t>(o) * k;
@@ -92,7 +100,8 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     });
     return;
   }
-  ParallelFor(m, 16, [&](int o_begin, int o_end) {
+  ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
+    o_begin += m0, o_end += m0;
     int o = o_begin;
     if (kt.rows_i8 != nullptr) {
       // kRowsI8 streams, each over its own run of `run` consecutive rows (see RowsI8Fn).

@@ -139,6 +139,7 @@ const CpuKernelTable* Avx512Kernels() {
     t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
     t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
     t.rows_i8_batch = vnni ? RowsI8BatchAvx512Vnni : RowsI8BatchAvx512;
+    t.amx_int8 = AmxInt8Usable();
     t.packed_bf16 = PackedBf16Avx512;
     return t;
   }();

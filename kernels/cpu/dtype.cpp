@@ -136,14 +136,21 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
 namespace {
 // Symmetric per-row quantization to [-qmax, qmax]: scale = max|x| / qmax, round half away from
 // zero (as lround, but without a libm call per element, so the loop vectorizes: int16 runs on
-// the main thread before every int8 matmul).
+// the main thread before every int8 matmul). The maximum in 16 running lanes, so that it
+// vectorizes too (the maximum does not depend on the order).
 template <typename Q>
-float QuantizeRow(const float* x, int k, Q* q, float qmax) {
+__attribute__((always_inline)) inline float QuantizeRow(const float* x, int k, Q* q, float qmax) {
+  float lanes[16] = {};
+  int i = 0;
+  for (; i + 16 <= k; i += 16) {
+    for (int l = 0; l < 16; ++l) lanes[l] = std::max(lanes[l], std::abs(x[i + l]));
+  }
   float amax = 0;
-  for (int i = 0; i < k; ++i) amax = std::max(amax, std::abs(x[i]));
+  for (; i < k; ++i) amax = std::max(amax, std::abs(x[i]));
+  for (float l : lanes) amax = std::max(amax, l);
   const float scale = amax / qmax;
   const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-  for (int i = 0; i < k; ++i) {  // |x * inv| <= qmax
+  for (i = 0; i < k; ++i) {  // |x * inv| <= qmax
     const float v = x[i] * inv;
     q[i] = static_cast<Q>(v + (v >= 0.0f ? 0.5f : -0.5f));
   }
@@ -154,7 +161,8 @@ float QuantizeRow(const float* x, int k, Q* q, float qmax) {
 float QuantizeRowInt8(const float* w, int k, int8_t* q) {
   return QuantizeRow(w, k, q, 127.0f);
 }
-float QuantizeRowInt16(const float* x, int k, int16_t* q) {
+__attribute__((target_clones("avx512f", "default"))) float QuantizeRowInt16(const float* x, int k,
+                                                                            int16_t* q) {
   return QuantizeRow(x, k, q, 32767.0f);
 }
 

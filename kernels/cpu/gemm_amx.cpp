@@ -215,6 +215,57 @@ __attribute__((target("avx512f,avx512bf16"))) void Bf16TileRow(const float* src,
   _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
 }
 
+// One activation row's int16 values as its B-tile bytes for MatmulInt8Amx, steps x 64 inputs: in
+// each step's high-byte tile (dst) and low-byte tile (dst + 1024), inputs 4g .. 4g + 3 as the dword
+// at row g (64 bytes apart); dst points at the row's dword column (4 x its row in the group).
+__attribute__((target("avx512f,avx512bw"))) void Int8TileRow(const int16_t* x, int steps, int8_t* dst) {
+  const __m512i rows =
+      _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960);
+  for (int s = 0; s < steps; ++s) {
+    const __m512i a = _mm512_loadu_si512(x + s * 64), b = _mm512_loadu_si512(x + s * 64 + 32);
+    const __m512i hi =
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srai_epi16(a, 8))),
+                           _mm512_cvtepi16_epi8(_mm512_srai_epi16(b, 8)), 1);
+    const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(a)),
+                                          _mm512_cvtepi16_epi8(b), 1);  // (the low bytes, truncated)
+    int8_t* at = dst + static_cast<size_t>(s) * 2048;
+    _mm512_i32scatter_epi32(at, rows, hi, 1);
+    _mm512_i32scatter_epi32(at + 1024, rows, lo, 1);
+  }
+}
+
+// Eight (256 hi + lo) * x * w in double, rounded to float.
+__attribute__((target("avx512f,avx512vl,avx512dq"), always_inline)) inline __m256 Int8Scaled8(__m256i hi,
+                                                                                              __m256i lo,
+                                                                                              __m512d x,
+                                                                                              __m512d w) {
+  const __m512d d =
+      _mm512_add_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(hi), _mm512_set1_pd(256.0)), _mm512_cvtepi32_pd(lo));
+  return _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(d, x), w));
+}
+
+// y[a * ldy + o] = (256 hi + lo) * xs[a] * scales[o] for a < rows and o < 16, hi and lo the
+// tiles' sums (row o, column a), in double as MatmulNT's int8 path scales them (the int64 dot is
+// exact in double: |dot| < 2^53), rounded to float.
+__attribute__((target("avx512f,avx512vl,avx512dq"))) void Int8TileSums(const int32_t* hi, const int32_t* lo,
+                                                                       const float* xs, int rows,
+                                                                       const float* scales, float* y,
+                                                                       int ldy) {
+  const __mmask16 valid = static_cast<__mmask16>(rows >= 16 ? 0xffff : (1u << rows) - 1u);
+  const __m512i column = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ldy));
+  const __m512d x0 = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(static_cast<__mmask8>(valid), xs));
+  const __m512d x1 = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(static_cast<__mmask8>(valid >> 8), xs + 8));
+  for (int o = 0; o < 16; ++o) {
+    const __m512i h = _mm512_load_si512(hi + o * 16), l = _mm512_load_si512(lo + o * 16);
+    const __m512d w = _mm512_set1_pd(static_cast<double>(scales[o]));
+    const __m256 v0 = Int8Scaled8(_mm512_castsi512_si256(h), _mm512_castsi512_si256(l), x0, w);
+    const __m256 v1 = Int8Scaled8(_mm512_extracti64x4_epi64(h, 1), _mm512_extracti64x4_epi64(l, 1), x1, w);
+    const __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(v0), v1, 1);
+    _mm512_mask_i32scatter_ps(y + o, valid, column, v, 4);
+  }
+}
+
 // Keys rounded up to whole 64-key groups: the tiles PrepareAmxKv writes, and the most that
 // AttentionPrefillAmx's score rows span.
 int PaddedKeys(int keys) {
@@ -226,6 +277,81 @@ int PaddedKeys(int keys) {
 bool AmxBf16Usable() {
   static const bool usable = ProbeAmx();
   return usable;
+}
+
+bool AmxInt8Usable() {
+  static const bool usable = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return AmxBf16Usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 25) & 1);
+  }();
+  return usable;
+}
+
+void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, const float* row_scales, int m,
+                   int k, float* y) {
+  // B tiles of every 16-row activation group and 64-input step: the high bytes (signed) and the low
+  // bytes (unsigned) of the int16 activations, x = 256 hi + lo, in the VNNI layout: tile row g holds
+  // inputs 4g .. 4g + 3 of each of the 16 activation rows (zeros past n).
+  const int steps = k / kAmxInt8Step, groups = (n + kAmxTileRows - 1) / kAmxTileRows;
+  thread_local AlignedVector<int8_t> b_tiles;
+  AlignedVector<int8_t>& bt = b_tiles;
+  bt.assign(static_cast<size_t>(groups) * steps * 2 * 1024, 0);
+  for (int t = 0; t < n; ++t) {
+    Int8TileRow(xq + static_cast<size_t>(t) * k, steps,
+                bt.data() + static_cast<size_t>(t / kAmxTileRows) * steps * 2048 + (t % kAmxTileRows) * 4);
+  }
+  // Output rows in pairs of 16-row A tiles, straight from the row-major weights (stride k); tiles
+  // 0-3 the sums (hi and lo of each half), 4 and 5 the weights, 6 and 7 the activations' hi and lo.
+  const int pairs = m / (2 * kAmxTileRows);
+  ParallelForDynamic(pairs, 1, [&](int p0, int p1) {
+    AmxTileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
+    KeepTileConfigStores(cfg);
+    _tile_loadconfig(&cfg);
+    alignas(64) int32_t c[4][kAmxTileRows * kAmxTileRows];
+    for (int p = p0; p < p1; ++p) {
+      const int o0 = p * 2 * kAmxTileRows;
+      const int8_t* w0 = w + static_cast<size_t>(o0) * k;
+      const int8_t* w1 = w0 + static_cast<size_t>(kAmxTileRows) * k;
+      for (int g = 0; g < groups; ++g) {
+        const int8_t* b = bt.data() + static_cast<size_t>(g) * steps * 2048;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int s = 0; s < steps; ++s) {
+          if (g == 0) {  // the next pair's rows (contiguous) to L2, spread over this pair's first pass
+            const char* next = reinterpret_cast<const char*>(w1 + static_cast<size_t>(kAmxTileRows) * k);
+            const size_t per_step = 2 * kAmxTileRows * kAmxInt8Step, at = static_cast<size_t>(s) * per_step;
+            if (p + 1 < p1 || p + 1 < pairs) {
+              for (size_t l = 0; l < per_step; l += 64) _mm_prefetch(next + at + l, _MM_HINT_T1);
+            }
+          }
+          _tile_loadd(4, w0 + s * kAmxInt8Step, k);
+          _tile_loadd(5, w1 + s * kAmxInt8Step, k);
+          _tile_loadd(6, b + static_cast<size_t>(s) * 2048, 64);
+          _tile_loadd(7, b + static_cast<size_t>(s) * 2048 + 1024, 64);
+          _tile_dpbssd(0, 4, 6);
+          _tile_dpbsud(1, 4, 7);
+          _tile_dpbssd(2, 5, 6);
+          _tile_dpbsud(3, 5, 7);
+        }
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        _tile_stored(2, c[2], 64);
+        _tile_stored(3, c[3], 64);
+        // c[2h][o * 16 + a], c[2h + 1][...]: hi and lo sums of output o0 + 16h + o against
+        // activation row 16g + a.
+        const int rows = std::min(kAmxTileRows, n - g * kAmxTileRows);
+        for (int h = 0; h < 2; ++h) {
+          Int8TileSums(c[2 * h], c[2 * h + 1], xs + g * kAmxTileRows, rows,
+                       row_scales + o0 + h * kAmxTileRows,
+                       y + static_cast<size_t>(g) * kAmxTileRows * m + o0 + h * kAmxTileRows, m);
+        }
+      }
+    }
+    _tile_release();
+  });
 }
 
 void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<uint16_t>* out) {

@@ -84,6 +84,16 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
 // cache lines made every tile load ~6x slower (a probe on this VM: ~20 against ~3 ns).
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
+// int8 weights against int16 activations on AMX-INT8 (where AmxInt8Usable(): AMX-BF16's
+// conditions and AMX-INT8): each activation split into its high (signed) and low (unsigned) byte,
+// two exact int32 products per tile (|sums| < 2^31 for k < 2^16), recombined as 256 hi + lo in
+// int64, so y is bitwise MatmulNT's int8 result: y[t * m + o] = dot(xq row t, w row o) * xs[t] *
+// row_scales[o] (in double, rounded to float). For the first m / 32 * 32 output rows only, and k a
+// multiple of kAmxInt8Step; the weights are read in place (row-major, m rows of k).
+inline constexpr int kAmxInt8Step = 64;
+bool AmxInt8Usable();
+void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, const float* row_scales, int m,
+                   int k, float* y);
 void AmxTileActivations(const float* x, int n, int k, int kpad, AlignedVector<uint16_t>* out);
 // PackedBf16Amx multiplies by nblocks consecutive blocks (from `blocks`) at once, so the tile
 // configuration is loaded once per call, not per block, and the call prefetches its blocks ahead
@@ -127,6 +137,7 @@ struct CpuKernelTable {
   DotI8Fn dot_i8 = nullptr;
   RowsI8Fn rows_i8 = nullptr;             // nullptr: dot_i8 per row
   RowsI8BatchFn rows_i8_batch = nullptr;  // nullptr: rows_i8 (or dot_i8) per activation row
+  bool amx_int8 = false;                  // batches through MatmulInt8Amx (AmxInt8Usable())
   PackedBf16Fn packed_bf16 = PackedBf16Portable;
 };
 
