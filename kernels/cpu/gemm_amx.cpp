@@ -303,7 +303,10 @@ void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, c
   // Output rows in pairs of 16-row A tiles, straight from the row-major weights (stride k); tiles
   // 0-3 the sums (hi and lo of each half), 4 and 5 the weights, 6 and 7 the activations' hi and lo.
   const int pairs = m / (2 * kAmxTileRows);
-  ParallelForDynamic(pairs, 1, [&](int p0, int p1) {
+  // Threads take a few pairs at a time (about eight turns each), and each prefetches only the
+  // pairs of its own turn.
+  const int turn = std::max(1, pairs / (8 * NumThreads()));
+  ParallelForDynamic(pairs, turn, [&](int p0, int p1) {
     AmxTileConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
     KeepTileConfigStores(cfg);
@@ -323,7 +326,7 @@ void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, c
           if (g == 0) {  // the next pair's rows (contiguous) to L2, spread over this pair's first pass
             const char* next = reinterpret_cast<const char*>(w1 + static_cast<size_t>(kAmxTileRows) * k);
             const size_t per_step = 2 * kAmxTileRows * kAmxInt8Step, at = static_cast<size_t>(s) * per_step;
-            if (p + 1 < p1 || p + 1 < pairs) {
+            if (p + 1 < p1) {
               for (size_t l = 0; l < per_step; l += 64) _mm_prefetch(next + at + l, _MM_HINT_T1);
             }
           }

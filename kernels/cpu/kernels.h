@@ -91,6 +91,7 @@ bool AmxBf16Usable();
 // row_scales[o] (in double, rounded to float). For the first m / 32 * 32 output rows only, and k a
 // multiple of kAmxInt8Step; the weights are read in place (row-major, m rows of k).
 inline constexpr int kAmxInt8Step = 64;
+inline constexpr int kAmxInt8MaxK = 1 << 16;  // the int32 sums' bound (255 x 128 x k < 2^31)
 bool AmxInt8Usable();
 void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, const float* row_scales, int m,
                    int k, float* y);
