@@ -198,20 +198,38 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             kt.rows_i8(&x[misalign], rows[0], k + 3, k, got4);
             for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
+          if (kt.rows_i8_batch != nullptr) {  // kI8BatchRows activation rows, each x shifted by t
+            std::vector<int16_t> xb(kI8BatchRows * (k + 3));
+            for (int t = 0; t < kI8BatchRows; ++t) {
+              for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = x[(i + t) % (k + 3)];
+            }
+            int64_t got[kI8BatchRows * kI8BatchRows];
+            kt.rows_i8_batch(&xb[misalign], k + 3, rows[0], k + 3, k, got);
+            for (int t = 0; t < kI8BatchRows; ++t) {
+              for (int j = 0; j < kI8BatchRows; ++j) {
+                int64_t dot = 0;
+                for (int i = 0; i < k; ++i)
+                  dot += static_cast<int64_t>(xb[t * (k + 3) + misalign + i]) * rows[j][i];
+                ASSERT_EQ(got[t * kI8BatchRows + j], dot)
+                    << isa << " batch k=" << k << " t=" << t << " j=" << j;
+              }
+            }
+          }
         }
       }
     }
   }
 }
 
-// int8 MatmulNT: the same bits for every ISA, batch size and thread count. Row counts: at 1
-// thread 53 rows are kRowsI8 runs of 6 rows and a remainder of 5, 19 rows runs of 2, 5 rows (and
-// at 2 threads the halves of 19) too few for one run; k = 2100 makes each row longer than the
-// 2 KB prefetch distance.
-// (m 70 and k a multiple of 64 take the AMX-INT8 path where the CPU has it: pairs of 16-row tiles
-// plus 6 rows left over; 17 and 33 rows more than one activation tile.)
+// int8 MatmulNT: the same bits for every ISA, batch size and thread count. Below 4 rows (and on
+// AVX2) the row streams: at 1 thread 53 rows are kRowsI8 runs of 6 rows and a remainder of 5, 19
+// rows runs of 2, 5 rows (and at 2 threads the halves of 19) too few for one run; k = 2100 makes
+// each row longer than the 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel (tails:
+// k 203 and 2100), or, for k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight tiles
+// (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33 activation rows
+// more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  for (const int m : {5, 19, 53, 70}) {
+  for (const int m : {5, 19, 53, 64, 70}) {
     for (const int k : {203, 256, 2100, 2112}) {
       const std::vector<float> x = Random(33 * k, 41, 2.0f);
       Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
@@ -233,6 +251,24 @@ TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
     }
   }
   SetThreads(1);
+}
+
+// At the AMX path's bound: every activation quantized to 32767 (low byte 255) against weights of
+// +-127 over k = 65472, the low-byte sums within 2% of the int32 range.
+TEST(Kernels, Int8MatmulIsExactAtTheLongestRows) {
+  const int m = 32, n = 4, k = 65472;
+  std::vector<float> wf(static_cast<size_t>(m) * k);
+  for (int o = 0; o < m; ++o) std::fill_n(&wf[static_cast<size_t>(o) * k], k, o % 2 ? -1.0f : 1.0f);
+  Weights w = MakeWeights(wf, DType::kI8, k);
+  const std::vector<float> x(static_cast<size_t>(n) * k, 0.5f);
+  std::vector<float> want(n * m), got(n * m);
+  MatmulNT(PortableKernels(), x.data(), n, w.bytes.data(), DType::kI8, m, k, want.data(), w.row_scales());
+  for (const std::string& isa : SupportedIsas()) {
+    MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, got.data(), w.row_scales());
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << isa;
+  }
+  // The exact value: 0.5 quantizes to 32767 at scale 0.5 / 32767, +-1 to +-127 at 1 / 127.
+  EXPECT_FLOAT_EQ(want[0], static_cast<float>(32767.0 * 127 * k * (0.5f / 32767.0f) * (1.0f / 127.0f)));
 }
 
 TEST(Kernels, Int8QuantizationRoundTripsWithinHalfAStep) {

@@ -64,7 +64,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   };
   // Batches on AMX-INT8 where the table allows it: the output rows in pairs of tiles; the rest below.
   int m0 = 0;
-  if (kt.amx_int8 && n >= kI8BatchRows && k % kAmxInt8Step == 0 && k < kAmxInt8MaxK &&
+  if (kt.amx_int8 && n >= kAmxInt8MinRows && k % kAmxInt8Step == 0 && k < kAmxInt8MaxK &&
       m >= 2 * kAmxTileRows) {
     MatmulInt8Amx(xq.data(), xs.data(), n, w, row_scales, m, k, y);
     m0 = m / (2 * kAmxTileRows) * (2 * kAmxTileRows);

@@ -136,8 +136,8 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
 namespace {
 // Symmetric per-row quantization to [-qmax, qmax]: scale = max|x| / qmax, round half away from
 // zero (as lround, but without a libm call per element, so the loop vectorizes: int16 runs on
-// the main thread before every int8 matmul). The maximum in 16 running lanes, so that it
-// vectorizes too (the maximum does not depend on the order).
+// the main thread before every int8 matmul). The maximum in 16 independent running chains
+// rather than one (the maximum does not depend on the order).
 template <typename Q>
 __attribute__((always_inline)) inline float QuantizeRow(const float* x, int k, Q* q, float qmax) {
   float lanes[16] = {};

@@ -291,11 +291,12 @@ void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, c
                    int k, float* y) {
   // B tiles of every 16-row activation group and 64-input step: the high bytes (signed) and the low
   // bytes (unsigned) of the int16 activations, x = 256 hi + lo, in the VNNI layout: tile row g holds
-  // inputs 4g .. 4g + 3 of each of the 16 activation rows (zeros past n).
+  // inputs 4g .. 4g + 3 of each of the 16 activation rows.
   const int steps = k / kAmxInt8Step, groups = (n + kAmxTileRows - 1) / kAmxTileRows;
   thread_local AlignedVector<int8_t> b_tiles;
   AlignedVector<int8_t>& bt = b_tiles;
-  bt.assign(static_cast<size_t>(groups) * steps * 2 * 1024, 0);
+  // Kept between calls; a last group's rows past n keep stale bytes, whose sums are not stored.
+  bt.resize(static_cast<size_t>(groups) * steps * 2048);
   for (int t = 0; t < n; ++t) {
     Int8TileRow(xq + static_cast<size_t>(t) * k, steps,
                 bt.data() + static_cast<size_t>(t / kAmxTileRows) * steps * 2048 + (t % kAmxTileRows) * 4);

@@ -87,11 +87,12 @@ bool AmxBf16Usable();
 // int8 weights against int16 activations on AMX-INT8 (where AmxInt8Usable(): AMX-BF16's
 // conditions and AMX-INT8): each activation split into its high (signed) and low (unsigned) byte,
 // two exact int32 products per tile (|sums| < 2^31 for k < 2^16), recombined as 256 hi + lo in
-// int64, so y is bitwise MatmulNT's int8 result: y[t * m + o] = dot(xq row t, w row o) * xs[t] *
-// row_scales[o] (in double, rounded to float). For the first m / 32 * 32 output rows only, and k a
+// double (exact: |dot| < 2^53), so y is bitwise MatmulNT's int8 result: y[t * m + o] = dot(xq row t, w row o)
+// * xs[t] * row_scales[o] (in double, rounded to float). For the first m / 32 * 32 output rows only, and k a
 // multiple of kAmxInt8Step; the weights are read in place (row-major, m rows of k).
 inline constexpr int kAmxInt8Step = 64;
 inline constexpr int kAmxInt8MaxK = 1 << 16;  // the int32 sums' bound (255 x 128 x k < 2^31)
+inline constexpr int kAmxInt8MinRows = 4;     // fewer rows: the row streams read faster
 bool AmxInt8Usable();
 void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, const float* row_scales, int m,
                    int k, float* y);
