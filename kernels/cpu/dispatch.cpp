@@ -70,14 +70,15 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     m0 = m / (2 * kAmxTileRows) * (2 * kAmxTileRows);
   }
   if (m0 == m) return;
-  if (n >= kI8BatchRows && kt.rows_i8_batch != nullptr) {
-    // A batch: kI8BatchRows consecutive weight rows against kI8BatchRows activation rows at a
-    // time, the weight rows (kept in L1) widened once per group of activations; the activation
-    // rows left over go one at a time, and so do the weight rows left over.
-    constexpr int B = kI8BatchRows;
-    ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
-      o_begin += m0, o_end += m0;
-      int o = o_begin;
+  const bool batch = n >= kI8BatchRows && kt.rows_i8_batch != nullptr;
+  ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
+    o_begin += m0, o_end += m0;
+    int o = o_begin;
+    if (batch) {
+      // kI8BatchRows consecutive weight rows against kI8BatchRows activation rows at a time, the
+      // weight rows (kept in L1) widened once per group of activations; the activation rows left
+      // over go one at a time.
+      constexpr int B = kI8BatchRows;
       for (; o + B <= o_end; o += B) {
         const int8_t* rows = w + static_cast<size_t>(o) * k;
         int t = 0;
@@ -94,17 +95,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
             store(t, o + j, kt.dot_i8(&xq[static_cast<size_t>(t) * k], rows + static_cast<size_t>(j) * k, k));
         }
       }
-      for (; o < o_end; ++o) {
-        for (int t = 0; t < n; ++t)
-          store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(o) * k, k));
-      }
-    });
-    return;
-  }
-  ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
-    o_begin += m0, o_end += m0;
-    int o = o_begin;
-    if (kt.rows_i8 != nullptr) {
+    } else if (kt.rows_i8 != nullptr) {
       // kRowsI8 streams, each over its own run of `run` consecutive rows (see RowsI8Fn).
       const int run = (o_end - o_begin) / kRowsI8;
       const size_t stride = static_cast<size_t>(run) * k;
@@ -118,6 +109,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
       }
       o = o_begin + run * kRowsI8;
     }
+    // The weight rows left over: one dot product each.
     for (; o < o_end; ++o) {
       for (int t = 0; t < n; ++t)
         store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(o) * k, k));
