@@ -2,9 +2,6 @@
 // reports these features). The tail uses a masked load, so no scalar remainder loop.
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "cpu/int8_avx512.h"
 #include "cpu/kernels.h"
 
@@ -142,9 +139,7 @@ const CpuKernelTable* Avx512Kernels() {
     t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
     t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
     t.rows_i8_batch = vnni ? RowsI8BatchAvx512Vnni : RowsI8BatchAvx512;
-    // TPSERVE_AMX=0 (A/B benchmarks) turns this off as it does the bf16 AMX kernels; same bits either way.
-    const char* amx = std::getenv("TPSERVE_AMX");
-    t.amx_int8 = AmxInt8Usable() && (amx == nullptr || std::string(amx) != "0");
+    t.amx_int8 = AmxInt8Usable() && AmxAllowedByEnvironment();  // the same bits either way
     t.packed_bf16 = PackedBf16Avx512;
     return t;
   }();

@@ -273,8 +273,7 @@ std::atomic<int> g_amx_packed{-1};  // -1: not decided yet (on first use: TPSERV
 bool AmxForPackedGemm() {
   int v = g_amx_packed.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv("TPSERVE_AMX");
-    const int want = (env == nullptr || std::string(env) != "0") && AmxBf16Usable() ? 1 : 0;
+    const int want = AmxAllowedByEnvironment() && AmxBf16Usable() ? 1 : 0;
     // An explicit UseAmxForPackedGemm that raced with this first use wins.
     v = g_amx_packed.compare_exchange_strong(v, want) ? want : v;
   }

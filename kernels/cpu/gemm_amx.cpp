@@ -279,6 +279,11 @@ bool AmxBf16Usable() {
   return usable;
 }
 
+bool AmxAllowedByEnvironment() {
+  const char* env = std::getenv("TPSERVE_AMX");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 bool AmxInt8Usable() {
   static const bool usable = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;

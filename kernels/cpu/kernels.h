@@ -84,6 +84,8 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
 // cache lines made every tile load ~6x slower (a probe on this VM: ~20 against ~3 ns).
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
+// False where the environment says TPSERVE_AMX=0 (A/B benchmarks): every AMX path then stays off.
+bool AmxAllowedByEnvironment();
 // int8 weights against int16 activations on AMX-INT8 (where AmxInt8Usable(): AMX-BF16's
 // conditions and AMX-INT8): each activation split into its high (signed) and low (unsigned) byte,
 // two exact int32 products per tile (|sums| < 2^31 for k < 2^16), recombined as 256 hi + lo in
