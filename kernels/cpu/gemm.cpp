@@ -9,7 +9,6 @@
 #include <cstring>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
-#include <string>
 #include <tuple>
 #include <vector>
 
