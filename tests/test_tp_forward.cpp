@@ -400,8 +400,8 @@ TEST(Bf16KvCache, LogitsStayCloseToTheFloat64Reference) {
   ASSERT_TRUE(model_or.ok()) << model_or.status().message();
   LlamaModel& model = *model_or.value();
   const auto& shard = model.weights().shard;
-  EXPECT_EQ(KvCachePool::BytesPerToken(model.config(), shard, kernels::DType::kBF16) * 2,
-            KvCachePool::BytesPerToken(model.config(), shard, kernels::DType::kF32));
+  EXPECT_EQ(KvBytesPerToken(model.config(), shard, kernels::DType::kBF16) * 2,
+            KvBytesPerToken(model.config(), shard, kernels::DType::kF32));
   // auto follows the weights (f32 here); the names are checked.
   EXPECT_EQ(KvCacheDtype("auto", model).value(), kernels::DType::kF32);
   EXPECT_EQ(KvCacheDtype("bfloat16", model).value(), kernels::DType::kBF16);

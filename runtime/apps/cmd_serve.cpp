@@ -110,7 +110,7 @@ Result<int64_t> ParseKvCacheSize(const std::string& text, int64_t bytes_per_toke
 Result<int64_t> AgreeKvCacheBlocks(const ServeFlags& f, Job& job, int context) {
   const ModelConfig& cfg = job.model->config();
   TPS_ASSIGN_OR_RETURN(const kernels::DType kv_dtype, KvCacheDtype(f.job.kv_cache_dtype, *job.model));
-  const int64_t per_token = KvCachePool::BytesPerToken(cfg, job.model->weights().shard, kv_dtype);
+  const int64_t per_token = KvBytesPerToken(cfg, job.model->weights().shard, kv_dtype);
   KvCacheSizing sizing;
   TPS_ASSIGN_OR_RETURN(sizing.kv_cache_tokens, ParseKvCacheSize(f.kv_cache_size, per_token));
   sizing.mem_fraction_static = f.mem_fraction_static;

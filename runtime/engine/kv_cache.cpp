@@ -9,17 +9,13 @@
 
 namespace tpserve {
 
-int64_t KvCachePool::BytesPerToken(const ModelConfig& c, const RankShard& shard, kernels::DType dtype) {
-  return KvBytesPerToken(c, shard, dtype);
-}
-
 KvCachePool::KvCachePool(const ModelConfig& c, const RankShard& shard, int64_t num_blocks, int block_size,
                          kernels::DType dtype)
     : dtype_(dtype),
       block_size_(block_size),
       head_dim_(c.head_dim),
       num_blocks_(num_blocks),
-      bytes_per_token_(BytesPerToken(c, shard, dtype)) {
+      bytes_per_token_(KvBytesPerToken(c, shard, dtype)) {
   for (const LayerShard& l : shard.layers) {
     const int nkv = static_cast<int>(l.kv_heads.size());
     kv_heads_.push_back(nkv);

@@ -27,10 +27,6 @@ class KvCachePool {
   KvCachePool(const ModelConfig& config, const RankShard& shard, int64_t num_blocks,
               int block_size = kDefaultBlockSize, kernels::DType dtype = kernels::DType::kF32);
 
-  // This rank's bytes per cached token (K and V of its heads over all layers, in `dtype`).
-  static int64_t BytesPerToken(const ModelConfig& config, const RankShard& shard,
-                               kernels::DType dtype = kernels::DType::kF32);
-
   int block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
