@@ -38,11 +38,7 @@ __attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
 
 // Every tile 16 rows x 64 bytes (16 f32 or 32 bf16 a row).
 __attribute__((target("amx-tile"))) void ConfigureTiles() {
-  tpserve::kernels::AmxTileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
+  const tpserve::kernels::AmxTileConfig cfg = tpserve::kernels::AllTiles16x64();
   tpserve::kernels::KeepTileConfigStores(cfg);
   _tile_loadconfig(&cfg);
 }

@@ -313,8 +313,7 @@ void MatmulInt8Amx(const int16_t* xq, const float* xs, int n, const int8_t* w, c
   // pairs of its own turn.
   const int turn = std::max(1, pairs / (8 * NumThreads()));
   ParallelForDynamic(pairs, turn, [&](int p0, int p1) {
-    AmxTileConfig cfg;
-    for (int t = 0; t < 8; ++t) cfg.rows[t] = kAmxTileRows, cfg.colsb[t] = 64;
+    const AmxTileConfig cfg = AllTiles16x64();
     KeepTileConfigStores(cfg);
     _tile_loadconfig(&cfg);
     alignas(64) int32_t c[4][kAmxTileRows * kAmxTileRows];
