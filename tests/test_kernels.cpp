@@ -475,10 +475,12 @@ TEST(Kernels, SiluMul) {
 }
 
 TEST(Kernels, PagedAttentionHeadMatchesSoftmaxReference) {
-  // d = 24 takes only the kernels' masked tails; 64 and 72 also their full 32-wide steps.
+  // d = 24 takes only the kernels' element-by-element tails; 64 only whole 32-element chunks (two
+  // at a time for the values); 72 both; 80 a last half chunk of 16; 96 a 32-element chunk past
+  // the values' 64-wide step.
   for (int npos : {1, 2, 16, 17, 19, 300}) {
     for (int block_size : {1, 16, 512}) {  // 512: the whole sequence in one (contiguous) block
-      for (int d : {24, 64, 72}) {
+      for (int d : {24, 64, 72, 80, 96}) {
         const int nblocks = (npos + block_size - 1) / block_size;
         // Blocks in scattered order inside one pool, as a block table would place them.
         const std::vector<float> q = Random(d, 7, 2.0f),
