@@ -116,6 +116,25 @@ TEST(Config, ErrorsNameFileAndKey) {
       FailsWith(ParseModelConfig(R"({"model_type":"gpt2"})", "a.json").status(), {"gpt2", "supported"}));
   EXPECT_TRUE(
       FailsWith(LoadModelConfig("/nonexistent/model").status(), {"/nonexistent/model", "does not exist"}));
+  // Values that parse but would make every output garbage (a negative epsilon gave all-zero tokens).
+  const std::string base = R"({"model_type":"llama","hidden_size":64,"intermediate_size":128,
+      "num_hidden_layers":1,"num_attention_heads":4,"vocab_size":100)";
+  ASSERT_TRUE(ParseModelConfig(base + "}", "a.json").ok());
+  for (const char* bad :
+       {R"("rms_norm_eps":-1.0)", R"("rms_norm_eps":0)", R"("rope_theta":-10000.0)", R"("rope_theta":0.0)"}) {
+    const std::string key = std::string(bad).substr(1, std::string(bad).find('"', 1) - 1);
+    EXPECT_TRUE(
+        FailsWith(ParseModelConfig(base + "," + bad + "}", "a.json").status(), {"a.json", key, "positive"}))
+        << bad;
+  }
+  EXPECT_TRUE(FailsWith(
+      ParseModelConfig(base + R"(,"rope_scaling":{"type":"linear","factor":0}})", "a.json").status(),
+      {"a.json", "factor", "positive"}));
+  EXPECT_TRUE(FailsWith(ParseModelConfig(base + R"(,"rope_scaling":{"rope_type":"llama3","factor":8,
+      "low_freq_factor":4,"high_freq_factor":1,"original_max_position_embeddings":8192}})",
+                                         "a.json")
+                            .status(),
+                        {"a.json", "high_freq_factor", "low_freq_factor"}));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,6 +99,13 @@ Result<ModelConfig> ParseModelConfig(const std::string& text, const std::string&
                             {"max_position_embeddings", c.max_position_embeddings}}) {
     if (value <= 0) return TPS_ERROR("{}: '{}' must be positive, got {}", src, key, value);
   }
+  // A zero, negative or non-finite epsilon or RoPE base loads, and then every output is garbage.
+  for (auto [key, value] : {std::pair{"rms_norm_eps", c.rms_norm_eps}, {"rope_theta", c.rope_theta}}) {
+    if (!(value > 0.0) || !std::isfinite(value)) {
+      return TPS_ERROR("{}: '{}' must be a positive number, got {}; fix it in the checkpoint's config.json",
+                       src, key, value);
+    }
+  }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     return TPS_ERROR("{}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})", src,
                      c.num_attention_heads, c.num_key_value_heads);
@@ -139,6 +146,20 @@ Result<ModelConfig> ParseModelConfig(const std::string& text, const std::string&
     } else if (type != "default" && !type.empty()) {
       return TPS_ERROR("{}: rope_scaling type '{}' is not supported (supported: llama3, linear, default)",
                        src, type);
+    }
+    const RopeScaling& r = c.rope_scaling;
+    for (auto [key, value] :
+         {std::pair{"factor", r.factor},
+          {"low_freq_factor", r.low_freq_factor},
+          {"high_freq_factor", r.high_freq_factor},
+          {"original_max_position_embeddings", static_cast<double>(r.original_max_position_embeddings)}}) {
+      if (!(value > 0.0) || !std::isfinite(value)) {
+        return TPS_ERROR("{}: rope_scaling '{}' must be a positive number, got {}", src, key, value);
+      }
+    }
+    if (r.type == RopeScaling::Type::kLlama3 && !(r.high_freq_factor > r.low_freq_factor)) {
+      return TPS_ERROR("{}: rope_scaling high_freq_factor ({}) must be above low_freq_factor ({})", src,
+                       r.high_freq_factor, r.low_freq_factor);
     }
   }
   return c;
