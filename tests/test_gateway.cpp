@@ -415,6 +415,24 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   EXPECT_EQ(after.kv_cache_used_bytes(), 0);
 }
 
+// A second server on a port that one already serves is a start-up error (gRPC's default
+// SO_REUSEPORT had let it start, and clients were spread over both servers).
+TEST_F(Gateway, ATakenPortIsAStartupError) {
+  ServerProcess first(tiny(), 1);
+  ASSERT_TRUE(first.ready()) << first.log();
+  const std::string port = first.addr().substr(first.addr().rfind(':') + 1);
+  int rc = 0;
+  const std::string out =
+      testing::RunCommand("timeout 60 mpirun --oversubscribe --allow-run-as-root -np 1 " + testing::BinDir() +
+                              "/tpserve serve --model-path " + tiny() + " --port " + port + " 2>&1",
+                          &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "must not start serving";
+  EXPECT_NE(out.find("cannot listen on 127.0.0.1:" + port), std::string::npos) << out;
+  const pb::ServerInfo info = first.Info();  // the first server still answers
+  EXPECT_GT(info.kv_cache_total_blocks(), 0);
+}
+
 TEST_F(Gateway, KvCacheTooSmallForOneContextIsAStartupErrorNamingTheFix) {
   int rc = 0;
   const std::string out =

@@ -452,6 +452,9 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
   const std::string addr = (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) +
                            ":" + std::to_string(opts.port);
   builder.AddListeningPort(addr, creds, &impl->port);
+  // gRPC sets SO_REUSEPORT by default on Linux: a second server on a taken port would start, and
+  // the kernel would spread new connections over both. A taken port must be an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(opts.max_message_bytes);
   // One completion queue with few pollers: the ranks own the cores, and every extra gRPC thread
   // that wakes per streamed token takes time from rank 0's forward pass.
