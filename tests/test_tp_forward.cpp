@@ -309,6 +309,28 @@ TEST_P(TpForward, ChunkedPrefillGivesTheSameTokens) {
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 
+// --context-length caps prompt + generated tokens: a prompt one or two tokens short of it gets
+// one or two new tokens, however many were asked for (as vLLM's max_model_len and SGLang's
+// context length do).
+TEST_P(TpForward, ContextLengthCapsPromptPlusNewTokens) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "ctx");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  EngineOptions opts;
+  opts.context_length = 24;
+  std::vector<RequestSpec> reqs(3);
+  for (int i = 0; i < 3; ++i) {
+    reqs[i].id = i + 1;
+    reqs[i].max_new_tokens = 10;
+    reqs[i].ignore_eos = true;
+    for (int j = 0; j < 23 - i; ++j) reqs[i].prompt.push_back((3 + 17 * j + i) % 1000);  // 23, 22, 21
+  }
+  const auto got = RunEngine(*model_or.value(), opts, reqs);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(got.at(i + 1).size(), static_cast<size_t>(i + 1)) << "request " << i + 1;
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
 SyntheticSpec Spec(const char* arch, bool tied, bool llama3) {
   SyntheticSpec s;
   s.preset = "tiny";

@@ -283,7 +283,7 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     if ((!s.spec.ignore_eos && std::find(eos.begin(), eos.end(), c.token) != eos.end()) ||
         std::find(stop.begin(), stop.end(), c.token) != stop.end()) {
       ev.finish = FinishReason::kStop;
-    } else if (s.generated >= s.spec.max_new_tokens || s.kv.length >= ReservedTokens(s.spec, context_)) {
+    } else if (s.generated >= s.spec.max_new_tokens || static_cast<int>(s.tokens.size()) >= context_) {
       ev.finish = FinishReason::kLength;
     }
     events.push_back(ev);
