@@ -391,5 +391,39 @@ TEST_F(PlanErrors, YamlErrorsNameFileAndKey) {
   EXPECT_TRUE(FailsWith(ReadPlanYaml(dir_ + "/none.yaml").status(), {"none.yaml", "tpserve-partition"}));
 }
 
+// A misspelt key is an error, not ignored; and a plan written for another model is refused
+// through its `model:` block, before any tensor is looked at.
+TEST_F(PlanErrors, UnknownKeysAndAnotherModelAreRefused) {
+  Checkpoint ck = Ckpt();
+  const std::string valid =
+      PlanToYaml(std::move(MakeDefaultPlan(StoriesShape(), ck, 2)).value(), StoriesShape());
+  const std::string file = dir_ + "/keys.yaml";
+  auto read_with = [&](const std::string& from, const std::string& to) {
+    std::string text = valid;
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    WriteText(file, text);
+    return ReadPlanYaml(file);
+  };
+  auto round_trip = read_with("tp_size: 2", "tp_size: 2");
+  ASSERT_TRUE(round_trip.ok()) << round_trip.status().message();
+  EXPECT_TRUE(ValidatePlan(*round_trip, StoriesShape(), ck, 2, file).ok());
+  EXPECT_TRUE(FailsWith(read_with("tp_size: 2", "tp_size: 2\ntp_sizes: 3").status(),
+                        {file, "unknown key 'tp_sizes'", "tp_size, model, tensors"}));
+  EXPECT_TRUE(FailsWith(read_with("split: column", "split: column\n    rangez: []").status(),
+                        {file, "tensors[", "unknown key 'rangez'", "name, shape, split, ranges"}));
+  EXPECT_TRUE(
+      FailsWith(read_with("version: 1", "version: 2").status(), {file, "version 2", "tpserve-partition"}));
+  auto other = read_with("hidden_size: 64", "hidden_size: 128");
+  ASSERT_TRUE(other.ok()) << other.status().message();
+  EXPECT_TRUE(FailsWith(ValidatePlan(*other, StoriesShape(), ck, 2, file).status(),
+                        {file, "hidden_size 128", "this model has 64", "tpserve-partition"}));
+  auto extra = read_with("hidden_size: 64", "hidden_size: 64\n  hidden_sise: 64");
+  ASSERT_TRUE(extra.ok()) << extra.status().message();
+  EXPECT_TRUE(FailsWith(ValidatePlan(*extra, StoriesShape(), ck, 2, file).status(),
+                        {file, "model: unknown key 'hidden_sise'"}));
+}
+
 }  // namespace
 }  // namespace tpserve

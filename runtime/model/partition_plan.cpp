@@ -86,6 +86,29 @@ Status CheckTiling(const std::string& where, const std::string& tensor, const st
   return Status();
 }
 
+// The `model:` block of a plan: each key with the model's value, as PlanToYaml writes them.
+std::vector<std::pair<std::string, std::string>> ModelSummary(const ModelConfig& c) {
+  return {{"model_type", c.model_type},
+          {"num_hidden_layers", std::to_string(c.num_hidden_layers)},
+          {"hidden_size", std::to_string(c.hidden_size)},
+          {"num_attention_heads", std::to_string(c.num_attention_heads)},
+          {"num_key_value_heads", std::to_string(c.num_key_value_heads)},
+          {"intermediate_size", std::to_string(c.intermediate_size)},
+          {"vocab_size", std::to_string(c.vocab_size)}};
+}
+
+// Keys outside `known`, named with the list of known ones (a misspelt key would otherwise be
+// ignored without a word).
+Status CheckKeys(const YAML::Node& map, const std::vector<std::string>& known, const std::string& where) {
+  for (const auto& kv : map) {
+    const std::string key = kv.first.as<std::string>();
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return TPS_ERROR("{}: unknown key '{}' (known: {})", where, key, fmt::join(known, ", "));
+    }
+  }
+  return Status();
+}
+
 std::string Shape(const std::vector<int64_t>& s) {
   return fmt::format("[{}]", fmt::join(s, ", "));
 }
@@ -192,6 +215,23 @@ Result<std::vector<RankShard>> ValidatePlan(const PartitionPlan& plan, const Mod
         "{}: tp_size is {} but this job runs --tp {}; regenerate it with `tpserve-partition --tp {}`", where,
         plan.tp_size, tp, tp);
   }
+  // The plan's description of its model, where it has one, must be this model's.
+  const auto summary = ModelSummary(c);
+  for (const auto& [key, value] : plan.model) {
+    auto it = std::find_if(summary.begin(), summary.end(), [&](const auto& kv) { return kv.first == key; });
+    if (it == summary.end()) {
+      return TPS_ERROR(
+          "{}: model: unknown key '{}' (known: model_type, num_hidden_layers, hidden_size, "
+          "num_attention_heads, num_key_value_heads, intermediate_size, vocab_size)",
+          where, key);
+    }
+    if (it->second != value) {
+      return TPS_ERROR(
+          "{}: the plan was written for a model with {} {}, but this model has {}; regenerate it with "
+          "`tpserve-partition --model-path DIR --tp {}`",
+          where, key, value, it->second, tp);
+    }
+  }
   const auto expected = ExpectedTensors(c);
   std::set<std::string> seen;
   for (const TensorPlan& t : plan.tensors) {
@@ -296,13 +336,14 @@ std::string PlanToYaml(const PartitionPlan& plan, const ModelConfig& c) {
   out << YAML::Key << "version" << YAML::Value << 1;
   out << YAML::Key << "tp_size" << YAML::Value << plan.tp_size;
   out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "model_type" << YAML::Value << c.model_type;
-  out << YAML::Key << "num_hidden_layers" << YAML::Value << c.num_hidden_layers;
-  out << YAML::Key << "hidden_size" << YAML::Value << c.hidden_size;
-  out << YAML::Key << "num_attention_heads" << YAML::Value << c.num_attention_heads;
-  out << YAML::Key << "num_key_value_heads" << YAML::Value << c.num_key_value_heads;
-  out << YAML::Key << "intermediate_size" << YAML::Value << c.intermediate_size;
-  out << YAML::Key << "vocab_size" << YAML::Value << c.vocab_size;
+  for (const auto& [key, value] : ModelSummary(c)) {
+    out << YAML::Key << key << YAML::Value;
+    if (key == "model_type") {
+      out << value;
+    } else {
+      out << std::stoll(value);
+    }
+  }
   out << YAML::EndMap;
   out << YAML::Key << "tensors" << YAML::Value << YAML::BeginSeq;
   for (const TensorPlan& t : plan.tensors) {
@@ -336,6 +377,18 @@ Result<PartitionPlan> ReadPlanYaml(const std::string& path) {
   PartitionPlan plan;
   try {
     if (!root.IsMap()) return TPS_ERROR("{}: expected a mapping with keys 'tp_size' and 'tensors'", path);
+    TPS_RETURN_IF_ERROR(CheckKeys(root, {"version", "tp_size", "model", "tensors"}, path));
+    if (root["version"] && root["version"].as<int>() != 1) {
+      return TPS_ERROR(
+          "{}: version {} is not supported (this tpserve reads version 1); regenerate it with "
+          "`tpserve-partition`",
+          path, root["version"].as<int>());
+    }
+    if (const YAML::Node model = root["model"]) {
+      if (!model.IsMap()) return TPS_ERROR("{}: key 'model' must be a mapping of the model's sizes", path);
+      for (const auto& kv : model)
+        plan.model.emplace_back(kv.first.as<std::string>(), kv.second.as<std::string>());
+    }
     if (!root["tp_size"]) return TPS_ERROR("{}: missing key 'tp_size' (the number of TP ranks)", path);
     plan.tp_size = root["tp_size"].as<int>();
     const YAML::Node tensors = root["tensors"];
@@ -346,6 +399,8 @@ Result<PartitionPlan> ReadPlanYaml(const std::string& path) {
       const YAML::Node n = tensors[i];
       TensorPlan t;
       const std::string at = fmt::format("{}: tensors[{}]", path, i);
+      if (!n.IsMap()) return TPS_ERROR("{}: expected a mapping {{name, shape, split, ranges}}", at);
+      TPS_RETURN_IF_ERROR(CheckKeys(n, {"name", "shape", "split", "ranges"}, at));
       if (!n["name"]) return TPS_ERROR("{}: missing key 'name'", at);
       t.name = n["name"].as<std::string>();
       const std::string where = fmt::format("{} ('{}')", at, t.name);

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -42,6 +43,9 @@ struct TensorPlan {
 struct PartitionPlan {
   int tp_size = 1;
   std::vector<TensorPlan> tensors;
+  // The plan file's `model:` block (model_type and sizes, as written by PlanToYaml), checked
+  // against the model it is used with; empty where the file has none.
+  std::vector<std::pair<std::string, std::string>> model;
   const TensorPlan* Find(const std::string& name) const;
 };
 
