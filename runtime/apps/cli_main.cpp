@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "apps/prompt_ids_option.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tpserve.grpc.pb.h"
 
@@ -196,7 +197,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> stops, messages;
   std::string enable_thinking;
   CLI::App* gen = app.add_subcommand("generate", "Stream a generation");
-  auto ids_opt = gen->add_option("--prompt-ids", ids, "Prompt token ids, e.g. 1,2,3")->delimiter(',');
+  auto ids_opt = tpserve::AddPromptIdsOption(gen, &ids);
   auto text_opt =
       gen->add_option("--prompt", text, "Prompt text (needs a server with a tokenizer)")->excludes(ids_opt);
   gen->add_option("--message", messages,

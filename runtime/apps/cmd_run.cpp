@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
+#include "apps/prompt_ids_option.h"
 #include "apps/run_common.h"
 #include "common/log.h"
 #include "engine/generator.h"
@@ -107,7 +108,7 @@ CommandMain AddRunCommand(CLI::App& app) {
   CLI::App* cmd =
       app.add_subcommand("run", "Generate once for a prompt (under mpirun; rank 0 prints the result)");
   AddJobFlags(cmd, &f->job);
-  auto ids = cmd->add_option("--prompt-ids", f->prompt_ids, "Prompt token ids, e.g. 1,2,3")->delimiter(',');
+  auto ids = AddPromptIdsOption(cmd, &f->prompt_ids);
   cmd->add_option("--prompt", f->prompt,
                   "Prompt text, encoded with the model's tokenizer (BOS added as it says)")
       ->excludes(ids);

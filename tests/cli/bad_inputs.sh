@@ -92,6 +92,10 @@ expect_error "--nnodes mismatch" "--nnodes 2 but mpirun started ranks on 1 node"
 # Request errors, caught before any collective.
 expect_error "token id out of vocabulary" "outside the vocabulary" -- \
   "${MPIRUN[@]}" -np 2 "$BIN/tpserve" run --model-path "$WORK/good" --prompt-ids 1,5000 --max-new-tokens 2
+expect_error "empty --prompt-ids" "a token id must be a non-negative integer, got ''" -- \
+  "${MPIRUN[@]}" -np 1 "$BIN/tpserve" run --model-path "$WORK/good" --prompt-ids "" --max-new-tokens 2
+expect_error "negative token id (client)" "a token id must be a non-negative integer, got '-2'" -- \
+  "$BIN/tpserve-cli" --addr 127.0.0.1:1 generate --prompt-ids 1,-2
 expect_error "negative temperature" "temperature must be >= 0" -- \
   "$run" 2 --model-path "$WORK/good" --temperature -1
 expect_error "top_p outside (0, 1]" "top_p must be in (0, 1]" -- "$run" 2 --model-path "$WORK/good" --top-p 1.5
