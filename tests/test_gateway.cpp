@@ -154,6 +154,8 @@ void ExpectRejected(const ServerProcess& server, const pb::GenerateRequest& req,
   Collected c = GenerateAll(server, req);
   EXPECT_EQ(c.status.error_code(), code) << needle << ": " << c.status.error_message();
   EXPECT_NE(c.status.error_message().find(needle), std::string::npos) << c.status.error_message();
+  EXPECT_EQ(c.status.error_message().find(".cpp:"), std::string::npos)
+      << "no server source paths for clients: " << c.status.error_message();
   EXPECT_TRUE(c.ids.empty());
 }
 

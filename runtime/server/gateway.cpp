@@ -13,6 +13,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -29,8 +30,15 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// A message for the client: without the " [file.cpp:line]" that TPS_ERROR appends (those stay in
+// the server's log; a client has no use for the server's source paths).
+std::string ForClient(const std::string& msg) {
+  static const std::regex location(R"( \[[^\[\] ]+:[0-9]+\])");
+  return std::regex_replace(msg, location, "");
+}
+
 grpc::Status Invalid(const std::string& msg) {
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, ForClient(msg));
 }
 
 // Shared by every service: the API key check and the static facts.
@@ -159,7 +167,7 @@ class TpServeService final : public pb::TpServe::Service {
     if (auto st = ToSpec(sh_, *req, &spec); !st.ok()) return st;
     const int prompt_tokens = static_cast<int>(spec.prompt.size());
     auto ch_or = sh_.queue->Submit(std::move(spec));
-    if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ch_or.status().message());
+    if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ForClient(ch_or.status().message()));
     std::shared_ptr<RequestChannel> ch = std::move(ch_or).value();
     ch->WatchClient([ctx] { return ctx->IsCancelled(); });
     struct Unwatch {  // the engine must not ask ctx once this handler has returned
@@ -181,7 +189,7 @@ class TpServeService final : public pb::TpServe::Service {
         sh_.queue->Cancel(ch->id());
         return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       }
-      if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, up.abort_message);
+      if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ForClient(up.abort_message));
       if (up.tokens.empty() && !up.done()) continue;
       pb::GenerateResponse msg;
       FinishReason finish = up.finish;
