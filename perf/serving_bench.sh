@@ -7,7 +7,7 @@
 # 16 to concurrency 1: of the medians, and per sweep) and a PNG (throughput and latency vs
 # concurrency, medians).
 #   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
-#                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=2 REPEATS=3
+#                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=4 REPEATS=5
 #                                                         SERVE_ARGS="--enable-deterministic-inference"
 set -euo pipefail
 BUILD="${1:-build}"
@@ -17,8 +17,8 @@ NP="${NP:-2}"
 LEVELS="${LEVELS:-1 4 16 64}"
 PROMPT_LEN="${PROMPT_LEN:-32}"
 TOKENS="${TOKENS:-64}"
-ROUNDS="${ROUNDS:-2}"  # requests per stream at each level
-REPEATS="${REPEATS:-3}"  # sweeps over the levels
+ROUNDS="${ROUNDS:-4}"  # requests per stream at each level (a c1 level then lasts ~1 s)
+REPEATS="${REPEATS:-5}"  # sweeps over the levels
 BIN="$BUILD/runtime"
 WORK="$(mktemp -d)"
 server=""
