@@ -233,6 +233,44 @@ void UnsplitRow(const float* split, int d, float* x) {
   for (int i = 0; i < d; ++i) x[i] = split[i / 32 * 32 + i % 2 * 16 + i % 32 / 2];
 }
 
+// One 32-element chunk of AccumulateRowsT (below) into its two split sums per head: v points at
+// the chunk in the first row (rows d apart), os0 and os1 at the chunk's sums. kHalf: only the
+// chunk's first 16 elements exist (LoadSplit16).
+template <class T, int H, bool kHalf>
+__attribute__((always_inline)) inline void AccumulateChunk(const float* w0, const float* w1, const T* v,
+                                                           int rows, int d, float* os0, float* os1) {
+  constexpr size_t kV = sizeof(V16);
+  V16 a0, a1, b0{}, b1{};
+  std::memcpy(&a0, os0, kV);
+  std::memcpy(&a1, os0 + 16, kV);
+  if constexpr (H == 2) {
+    std::memcpy(&b0, os1, kV);
+    std::memcpy(&b1, os1 + 16, kV);
+  }
+  for (int p = 0; p < rows; ++p) {
+    V16 e0, o0;
+    if constexpr (kHalf) {
+      LoadSplit16(v + static_cast<size_t>(p) * d, &e0, &o0);
+    } else {
+      LoadSplit32(v + static_cast<size_t>(p) * d, &e0, &o0);
+    }
+    const float s = w0[p];
+    a0 += s * e0;
+    a1 += s * o0;
+    if constexpr (H == 2) {
+      const float t = w1[p];
+      b0 += t * e0;
+      b1 += t * o0;
+    }
+  }
+  std::memcpy(os0, &a0, kV);
+  std::memcpy(os0 + 16, &a1, kV);
+  if constexpr (H == 2) {
+    std::memcpy(os1, &b0, kV);
+    std::memcpy(os1 + 16, &b1, kV);
+  }
+}
+
 // os[h] += w[h][0] * v[0] + ... + w[h][rows - 1] * v[rows - 1] for H heads (1 or 2) over d
 // elements in the split layout (SplitRow), the rows (d apart) added one after another into each
 // element, and each element always by the same operation (a fused multiply-add where the clone
@@ -289,59 +327,11 @@ __attribute__((always_inline)) inline void AccumulateRowsT(const float* w0, cons
     }
   }
   if (c + 32 <= d) {
-    V16 a0, a1, b0{}, b1{};
-    std::memcpy(&a0, os0 + c, kV);
-    std::memcpy(&a1, os0 + c + 16, kV);
-    if constexpr (H == 2) {
-      std::memcpy(&b0, os1 + c, kV);
-      std::memcpy(&b1, os1 + c + 16, kV);
-    }
-    for (int p = 0; p < rows; ++p) {
-      V16 e0, o0;
-      LoadSplit32(v + static_cast<size_t>(p) * d + c, &e0, &o0);
-      const float s = w0[p];
-      a0 += s * e0;
-      a1 += s * o0;
-      if constexpr (H == 2) {
-        const float t = w1[p];
-        b0 += t * e0;
-        b1 += t * o0;
-      }
-    }
-    std::memcpy(os0 + c, &a0, kV);
-    std::memcpy(os0 + c + 16, &a1, kV);
-    if constexpr (H == 2) {
-      std::memcpy(os1 + c, &b0, kV);
-      std::memcpy(os1 + c + 16, &b1, kV);
-    }
+    AccumulateChunk<T, H, false>(w0, w1, v + c, rows, d, os0 + c, os1 == nullptr ? nullptr : os1 + c);
     c += 32;
   }
   if (d - c == 16) {  // a last half chunk: lanes 8-15 of its sums add zeros
-    V16 a0, a1, b0{}, b1{};
-    std::memcpy(&a0, os0 + c, kV);
-    std::memcpy(&a1, os0 + c + 16, kV);
-    if constexpr (H == 2) {
-      std::memcpy(&b0, os1 + c, kV);
-      std::memcpy(&b1, os1 + c + 16, kV);
-    }
-    for (int p = 0; p < rows; ++p) {
-      V16 e0, o0;
-      LoadSplit16(v + static_cast<size_t>(p) * d + c, &e0, &o0);
-      const float s = w0[p];
-      a0 += s * e0;
-      a1 += s * o0;
-      if constexpr (H == 2) {
-        const float t = w1[p];
-        b0 += t * e0;
-        b1 += t * o0;
-      }
-    }
-    std::memcpy(os0 + c, &a0, kV);
-    std::memcpy(os0 + c + 16, &a1, kV);
-    if constexpr (H == 2) {
-      std::memcpy(os1 + c, &b0, kV);
-      std::memcpy(os1 + c + 16, &b1, kV);
-    }
+    AccumulateChunk<T, H, true>(w0, w1, v + c, rows, d, os0 + c, os1 == nullptr ? nullptr : os1 + c);
     return;
   }
   for (int p = 0; p < rows; ++p) {  // the last chunk, element by element, into its split places
@@ -399,6 +389,20 @@ __attribute__((always_inline)) inline void SumLanes16(const V16* v, int n, float
   }
 }
 
+// One key chunk (split: e, o) into its lane sums: *a += qe0 * e + qo0 * o, and for a second head
+// *b likewise with qe1, qo1.
+template <int H>
+__attribute__((always_inline)) inline void AddKeyChunk(const V16& e, const V16& o, const V16& qe0,
+                                                       const V16& qo0, const V16& qe1, const V16& qo1, V16* a,
+                                                       V16* b) {
+  *a += qe0 * e;  // contracted to a fused multiply-add where the clone has FMA
+  *a += qo0 * o;
+  if constexpr (H == 2) {
+    *b += qe1 * e;
+    *b += qo1 * o;
+  }
+}
+
 // The 16 lane sums of q . key for NK keys (1 or 4; rows d apart) and H query heads (1 or 2; qs0,
 // qs1 in the split layout): per key and head one chain over the 32-element chunks, the even
 // elements then the odd ones, so a key's lanes are one fixed sequence of operations whichever
@@ -423,36 +427,16 @@ __attribute__((always_inline)) inline void KeyLanes(const float* qs0, const floa
     V16 e, o;
     const int left = d - c;
     // Key by key, so that one key's split chunk is live at a time (the AVX2 clone has 16
-    // registers), into named sums (GCC keeps sums behind a pointer or in an array in memory).
+    // registers), into named sums (GCC keeps an array of sums in memory).
     LoadChunk(key + c, left, &e, &o);
-    a0 += qe0 * e;  // contracted to a fused multiply-add where the clone has FMA
-    a0 += qo0 * o;
-    if constexpr (H == 2) {
-      b0 += qe1 * e;
-      b0 += qo1 * o;
-    }
+    AddKeyChunk<H>(e, o, qe0, qo0, qe1, qo1, &a0, &b0);
     if constexpr (NK == 4) {
       LoadChunk(k1 + c, left, &e, &o);
-      a1 += qe0 * e;
-      a1 += qo0 * o;
-      if constexpr (H == 2) {
-        b1 += qe1 * e;
-        b1 += qo1 * o;
-      }
+      AddKeyChunk<H>(e, o, qe0, qo0, qe1, qo1, &a1, &b1);
       LoadChunk(k2 + c, left, &e, &o);
-      a2 += qe0 * e;
-      a2 += qo0 * o;
-      if constexpr (H == 2) {
-        b2 += qe1 * e;
-        b2 += qo1 * o;
-      }
+      AddKeyChunk<H>(e, o, qe0, qo0, qe1, qo1, &a2, &b2);
       LoadChunk(k3 + c, left, &e, &o);
-      a3 += qe0 * e;
-      a3 += qo0 * o;
-      if constexpr (H == 2) {
-        b3 += qe1 * e;
-        b3 += qo1 * o;
-      }
+      AddKeyChunk<H>(e, o, qe0, qo0, qe1, qo1, &a3, &b3);
     }
   }
   l0[0] = a0;
