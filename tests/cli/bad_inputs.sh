@@ -96,6 +96,10 @@ expect_error "empty --prompt-ids" "a token id must be a non-negative integer, go
   "${MPIRUN[@]}" -np 1 "$BIN/tpserve" run --model-path "$WORK/good" --prompt-ids "" --max-new-tokens 2
 expect_error "negative token id (client)" "a token id must be a non-negative integer, got '-2'" -- \
   "$BIN/tpserve-cli" --addr 127.0.0.1:1 generate --prompt-ids 1,-2
+# Leading zeros are decimal (CLI11 alone read 010 as octal 8).
+a=$("${MPIRUN[@]}" -np 1 "$BIN/tpserve" run --model-path "$WORK/good" --prompt-ids 010,020 --max-new-tokens 4 --json 2>/dev/null | grep -o '"token_ids":\[[0-9,]*\]')
+b=$("${MPIRUN[@]}" -np 1 "$BIN/tpserve" run --model-path "$WORK/good" --prompt-ids 10,20 --max-new-tokens 4 --json 2>/dev/null | grep -o '"token_ids":\[[0-9,]*\]')
+[ -n "$a" ] && [ "$a" = "$b" ] && pass "--prompt-ids 010,020 reads as 10,20" || fail "--prompt-ids 010,020: '$a' against '$b'"
 expect_error "negative temperature" "temperature must be >= 0" -- \
   "$run" 2 --model-path "$WORK/good" --temperature -1
 expect_error "top_p outside (0, 1]" "top_p must be in (0, 1]" -- "$run" 2 --model-path "$WORK/good" --top-p 1.5
