@@ -577,7 +577,7 @@ TEST(Kernels, ArgMaxIsTheFirstIndexOfTheMaximum) {
 // cache: a sequence's result must not depend on how its positions are split into blocks.
 TEST(Kernels, PagedAttentionHeadDoesNotDependOnTheBlockSize) {
   for (int npos : {1, 5, 16, 33, 300}) {
-    for (int d : {8, 24, 64, 80, 128}) {
+    for (int d : {8, 24, 40, 64, 80, 96, 128}) {
       const std::vector<float> q = Random(d, 11, 2.0f),
                                keys = Random(static_cast<size_t>(npos) * d, 12, 2.0f),
                                vals = Random(static_cast<size_t>(npos) * d, 13);
@@ -615,7 +615,7 @@ TEST(Kernels, PagedAttentionHeadDoesNotDependOnTheBlockSize) {
 // head's own AttentionHead output, whatever the group size, the block size and the head dim.
 TEST(Kernels, GroupedAttentionHeadsEqualEachHeadAlone) {
   for (int g : {1, 2, 3, 8}) {
-    for (int d : {8, 24, 64, 80}) {
+    for (int d : {8, 24, 40, 64, 80, 96}) {
       for (int block_size : {3, 16}) {
         const int npos = 37, nblocks = (npos + block_size - 1) / block_size;
         const std::vector<float> q = Random(static_cast<size_t>(g) * d, 21, 2.0f),
@@ -650,12 +650,12 @@ TEST(Kernels, GroupedAttentionHeadsEqualEachHeadAlone) {
 }
 
 // A bf16 KV cache: each key and value widened to f32 as it is read, so the output is bitwise the
-// f32 path's over the widened values, for group sizes, head dims with and without a 16-lane or
-// 64-lane tail, and block sizes that split the 16-key groups; and close to a float64 softmax
-// attention over the same values.
+// f32 path's over the widened values, for group sizes (one head alone and pairs), head dims with
+// and without a tail past their 32-element chunks (a half chunk at 80), and block sizes that split
+// the 16-key groups; and close to a float64 softmax attention over the same values.
 TEST(Kernels, Bf16CacheAttentionIsTheF32PathOverWidenedValues) {
   for (int g : {1, 2, 3}) {
-    for (int d : {8, 24, 40, 64, 80}) {
+    for (int d : {8, 24, 40, 64, 80, 96}) {
       for (int block_size : {3, 16}) {
         const int npos = 37, nblocks = (npos + block_size - 1) / block_size;
         const size_t n = static_cast<size_t>(nblocks) * block_size * d;

@@ -282,6 +282,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq"))) void Int8TileSums(const int
                                                                        const float* xs, int rows,
                                                                        const float* scales, float* y,
                                                                        int ldy) {
+  rows = std::min(rows, 16);  // one tile's activation rows
   const __mmask16 valid = static_cast<__mmask16>(rows >= 16 ? 0xffff : (1u << rows) - 1u);
   const __m512d x0 = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(static_cast<__mmask8>(valid), xs));
   const __m512d x1 = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(static_cast<__mmask8>(valid >> 8), xs + 8));

@@ -406,8 +406,9 @@ __attribute__((always_inline)) inline void AddKeyChunk(const V16& e, const V16& 
 // The 16 lane sums of q . key for NK keys (1 or 4; rows d apart) and H query heads (1 or 2; qs0,
 // qs1 in the split layout): per key and head one chain over the 32-element chunks, the even
 // elements then the odd ones, so a key's lanes are one fixed sequence of operations whichever
-// keys and heads share the call; each key is loaded and split once for both heads. Named sums:
-// GCC keeps an array of sums in memory. The last chunk reads the key only up to d.
+// keys and heads share the call; each key is loaded and split once for both heads. Named sums
+// (AddKeyChunk's pointers to them vanish once it is inlined; an array of sums GCC keeps in
+// memory). The last chunk reads the key only up to d.
 template <class T, int NK, int H>
 __attribute__((always_inline)) inline void KeyLanes(const float* qs0, const float* qs1, const T* key, int d,
                                                     V16* l0, V16* l1) {
@@ -427,7 +428,7 @@ __attribute__((always_inline)) inline void KeyLanes(const float* qs0, const floa
     V16 e, o;
     const int left = d - c;
     // Key by key, so that one key's split chunk is live at a time (the AVX2 clone has 16
-    // registers), into named sums (GCC keeps an array of sums in memory).
+    // registers).
     LoadChunk(key + c, left, &e, &o);
     AddKeyChunk<H>(e, o, qe0, qo0, qe1, qo1, &a0, &b0);
     if constexpr (NK == 4) {
@@ -467,7 +468,8 @@ __attribute__((always_inline)) inline void KeyScores16T(const float* qs0, const 
   if constexpr (H == 2) SumLanes16(l1, n, s1);
 }
 
-// rows x d cached elements to L1, at most 16 rows ahead of where the loops read: their order
+// rows x d cached elements to L1: the callers ask for the next 16 keys, and for the first 16 rows
+// of the next value block (a whole block at the default block size of 16); the loops' order
 // (16-key groups across paged blocks, then the values) is one that the hardware prefetchers do not
 // run ahead of. (A harness of 16 sequences whose KV is cold, calls alternated with and without:
 // the next 16 keys and the next value block 1.20-1.26x, the first value block during the softmax
@@ -488,6 +490,10 @@ __attribute__((always_inline)) inline void AttentionHeadsT(const float* const* q
                                                            const T* const* k_blocks, const T* const* v_blocks,
                                                            int npos, int block_size, int d, float scale,
                                                            float* scratch, float* const* out) {
+  if (npos <= 0) {  // no keys: a zero output, as the sums start (and nothing is read)
+    for (int h = 0; h < g; ++h) std::fill(out[h], out[h] + d, 0.0f);
+    return;
+  }
   const int dp = (d + 31) / 32 * 32;
   float* qs = scratch + static_cast<size_t>(g) * npos;  // (g, dp): the queries, split
   float* os = qs + static_cast<size_t>(g) * dp;         // (g, dp): the output sums, split
