@@ -33,7 +33,7 @@ namespace {
 // A message for the client: without the " [file.cpp:line]" that TPS_ERROR appends (those stay in
 // the server's log; a client has no use for the server's source paths).
 std::string ForClient(const std::string& msg) {
-  static const std::regex location(R"( \[[^\[\] ]+:[0-9]+\])");
+  static const std::regex location(R"( \[[^\[\]]*\.(cpp|cc|h|hpp):[0-9]+\])");
   return std::regex_replace(msg, location, "");
 }
 
