@@ -148,18 +148,26 @@ Result<ModelConfig> ParseModelConfig(const std::string& text, const std::string&
                        src, type);
     }
     const RopeScaling& r = c.rope_scaling;
+    if (!(r.factor >= 1.0) || !std::isfinite(r.factor)) {  // as Hugging Face checks it
+      return TPS_ERROR(
+          "{}: rope_scaling 'factor' must be a number >= 1, got {}; fix it in the checkpoint's config.json",
+          src, r.factor);
+    }
     for (auto [key, value] :
-         {std::pair{"factor", r.factor},
-          {"low_freq_factor", r.low_freq_factor},
+         {std::pair{"low_freq_factor", r.low_freq_factor},
           {"high_freq_factor", r.high_freq_factor},
           {"original_max_position_embeddings", static_cast<double>(r.original_max_position_embeddings)}}) {
       if (!(value > 0.0) || !std::isfinite(value)) {
-        return TPS_ERROR("{}: rope_scaling '{}' must be a positive number, got {}", src, key, value);
+        return TPS_ERROR(
+            "{}: rope_scaling '{}' must be a positive number, got {}; fix it in the checkpoint's config.json",
+            src, key, value);
       }
     }
     if (r.type == RopeScaling::Type::kLlama3 && !(r.high_freq_factor > r.low_freq_factor)) {
-      return TPS_ERROR("{}: rope_scaling high_freq_factor ({}) must be above low_freq_factor ({})", src,
-                       r.high_freq_factor, r.low_freq_factor);
+      return TPS_ERROR(
+          "{}: rope_scaling 'high_freq_factor' ({}) must be above 'low_freq_factor' ({}); fix it in the "
+          "checkpoint's config.json",
+          src, r.high_freq_factor, r.low_freq_factor);
     }
   }
   return c;

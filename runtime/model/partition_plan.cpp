@@ -1,6 +1,7 @@
 #include "model/partition_plan.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <numeric>
 #include <set>
@@ -87,14 +88,23 @@ Status CheckTiling(const std::string& where, const std::string& tensor, const st
 }
 
 // The `model:` block of a plan: each key with the model's value, as PlanToYaml writes them.
+const std::vector<std::string>& PlanModelKeys() {
+  static const std::vector<std::string> keys = {
+      "model_type",          "num_hidden_layers", "hidden_size", "num_attention_heads",
+      "num_key_value_heads", "intermediate_size", "vocab_size"};
+  return keys;
+}
 std::vector<std::pair<std::string, std::string>> ModelSummary(const ModelConfig& c) {
-  return {{"model_type", c.model_type},
-          {"num_hidden_layers", std::to_string(c.num_hidden_layers)},
-          {"hidden_size", std::to_string(c.hidden_size)},
-          {"num_attention_heads", std::to_string(c.num_attention_heads)},
-          {"num_key_value_heads", std::to_string(c.num_key_value_heads)},
-          {"intermediate_size", std::to_string(c.intermediate_size)},
-          {"vocab_size", std::to_string(c.vocab_size)}};
+  const std::vector<std::string> values = {c.model_type,
+                                           std::to_string(c.num_hidden_layers),
+                                           std::to_string(c.hidden_size),
+                                           std::to_string(c.num_attention_heads),
+                                           std::to_string(c.num_key_value_heads),
+                                           std::to_string(c.intermediate_size),
+                                           std::to_string(c.vocab_size)};
+  std::vector<std::pair<std::string, std::string>> out;
+  for (size_t i = 0; i < values.size(); ++i) out.emplace_back(PlanModelKeys()[i], values[i]);
+  return out;
 }
 
 // Keys outside `known`, named with the list of known ones (a misspelt key would otherwise be
@@ -215,17 +225,22 @@ Result<std::vector<RankShard>> ValidatePlan(const PartitionPlan& plan, const Mod
         "{}: tp_size is {} but this job runs --tp {}; regenerate it with `tpserve-partition --tp {}`", where,
         plan.tp_size, tp, tp);
   }
-  // The plan's description of its model, where it has one, must be this model's.
+  // The plan's description of its model, where it has one, must be this model's (sizes compared
+  // as numbers: 064 is 64).
   const auto summary = ModelSummary(c);
   for (const auto& [key, value] : plan.model) {
     auto it = std::find_if(summary.begin(), summary.end(), [&](const auto& kv) { return kv.first == key; });
     if (it == summary.end()) {
-      return TPS_ERROR(
-          "{}: model: unknown key '{}' (known: model_type, num_hidden_layers, hidden_size, "
-          "num_attention_heads, num_key_value_heads, intermediate_size, vocab_size)",
-          where, key);
+      return TPS_ERROR("{}: model: unknown key '{}' (known: {})", where, key,
+                       fmt::join(PlanModelKeys(), ", "));
     }
-    if (it->second != value) {
+    bool same = it->second == value;
+    if (!same && key != "model_type") {
+      char* end = nullptr;
+      const long long n = std::strtoll(value.c_str(), &end, 10);
+      same = !value.empty() && *end == '\0' && std::to_string(n) == it->second;
+    }
+    if (!same) {
       return TPS_ERROR(
           "{}: the plan was written for a model with {} {}, but this model has {}; regenerate it with "
           "`tpserve-partition --model-path DIR --tp {}`",
@@ -336,14 +351,7 @@ std::string PlanToYaml(const PartitionPlan& plan, const ModelConfig& c) {
   out << YAML::Key << "version" << YAML::Value << 1;
   out << YAML::Key << "tp_size" << YAML::Value << plan.tp_size;
   out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
-  for (const auto& [key, value] : ModelSummary(c)) {
-    out << YAML::Key << key << YAML::Value;
-    if (key == "model_type") {
-      out << value;
-    } else {
-      out << std::stoll(value);
-    }
-  }
+  for (const auto& [key, value] : ModelSummary(c)) out << YAML::Key << key << YAML::Value << value;
   out << YAML::EndMap;
   out << YAML::Key << "tensors" << YAML::Value << YAML::BeginSeq;
   for (const TensorPlan& t : plan.tensors) {
@@ -386,6 +394,7 @@ Result<PartitionPlan> ReadPlanYaml(const std::string& path) {
     }
     if (const YAML::Node model = root["model"]) {
       if (!model.IsMap()) return TPS_ERROR("{}: key 'model' must be a mapping of the model's sizes", path);
+      TPS_RETURN_IF_ERROR(CheckKeys(model, PlanModelKeys(), path + ": model"));
       for (const auto& kv : model)
         plan.model.emplace_back(kv.first.as<std::string>(), kv.second.as<std::string>());
     }
