@@ -307,6 +307,46 @@ std::vector<pid_t> Children(pid_t parent) {
   return out;
 }
 
+// A rank that hangs (stopped, not dead) while the server is idle: rank 0 misses its reply to the
+// idle heartbeat, and health turns NOT_SERVING within seconds, not after the collective timeout
+// (600 s by default); when the rank resumes, health is SERVING again and requests are served.
+TEST_F(Gateway, AHungRankTurnsHealthNotServingUntilItResumes) {
+  ServerProcess server(tiny(), 2);
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::vector<pid_t> ranks = Children(server.mpirun_pid());
+  ASSERT_EQ(ranks.size(), 2u);
+  const pid_t gateway = server.Info().gateway_pid();
+  const pid_t other = ranks[0] == gateway ? ranks[1] : ranks[0];
+  ASSERT_NE(other, gateway);
+  auto health = grpc::health::v1::Health::NewStub(server.channel());
+  auto status = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::health::v1::HealthCheckResponse r;
+    return health->Check(&ctx, {}, &r).ok() ? r.status() : grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  };
+  // Waits up to `limit` for the status; returns the seconds it took, or -1.
+  auto wait_for = [&](grpc::health::v1::HealthCheckResponse::ServingStatus want, double limit) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (status() == want) return s;
+      if (s > limit) return -1.0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  };
+  ASSERT_EQ(status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  ASSERT_EQ(kill(other, SIGSTOP), 0);
+  const double down = wait_for(grpc::health::v1::HealthCheckResponse::NOT_SERVING, 20);
+  ASSERT_EQ(kill(other, SIGCONT), 0);
+  EXPECT_GE(down, 0) << "health stayed SERVING for 20 s with rank pid " << other << " stopped";
+  std::printf("hung rank: NOT_SERVING after %.1f s\n", down);
+  EXPECT_GE(wait_for(grpc::health::v1::HealthCheckResponse::SERVING, 10), 0) << "not SERVING after SIGCONT";
+  Collected ok = GenerateAll(server, GreedyRequest({1, 2}, 4));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.ids.size(), 4u);
+}
+
 TEST_F(Gateway, IdleRanksDoNotBurnACore) {
   ServerProcess server(tiny(), 2);
   ASSERT_TRUE(server.ready()) << server.log();

@@ -22,6 +22,12 @@ Status BroadcastPlan(Communicator& tp, StepPlan* plan) {
   return Status();
 }
 
+// Rank 0 broadcasts an empty plan with nothing running only as the idle heartbeat, and every
+// rank's engine holds the same state: each rank tells a heartbeat apart the same way.
+bool IsHeartbeat(const StepPlan& plan, const BatchEngine& engine) {
+  return plan.empty() && !engine.HasWork();
+}
+
 }  // namespace
 
 Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& queue,
@@ -64,6 +70,17 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     last_broadcast = Clock::now();
     engine.Apply(plan);
     if (plan.shutdown) break;
+    if (IsHeartbeat(plan, engine)) {
+      {
+        std::lock_guard<std::mutex> lock(counters.mu);
+        counters.stalled_after = last_broadcast + std::chrono::duration_cast<Clock::duration>(
+                                                      std::chrono::duration<double>(opts.stall_s));
+      }
+      const Status st = tp.Barrier().WithContext("the idle heartbeat");
+      std::lock_guard<std::mutex> lock(counters.mu);
+      counters.stalled_after = Clock::time_point::max();
+      TPS_RETURN_IF_ERROR(st);
+    }
     std::vector<TokenEvent> events;
     if (engine.HasWork()) {
       TPS_ASSIGN_OR_RETURN(events, engine.Step());
@@ -107,6 +124,10 @@ Status RunEngineLoopFollower(BatchEngine& engine, Communicator& tp) {
     TPS_RETURN_IF_ERROR(BroadcastPlan(tp, &plan));
     engine.Apply(plan);
     if (plan.shutdown) return Status();
+    if (IsHeartbeat(plan, engine)) {
+      TPS_RETURN_IF_ERROR(tp.Barrier().WithContext("the idle heartbeat"));
+      continue;
+    }
     if (engine.HasWork()) {
       TPS_ASSIGN_OR_RETURN(std::vector<TokenEvent> events, engine.Step());
       (void)events;  // rank 0 streams them

@@ -2,10 +2,13 @@
 // broadcasts each plan on the TP group (size, then bytes), and delivers the token events; the
 // other ranks receive each plan and run the same step. While idle, rank 0 sleeps on the queue
 // and sends an empty plan once per heartbeat, so followers wait without spinning and still
-// detect a dead rank 0 through the collective timeout.
+// detect a dead rank 0 through the collective timeout; every rank then meets in a barrier, so
+// rank 0 also hears from the others: a rank that hangs (stopped, not dead) turns the health
+// service NOT_SERVING after LoopOptions::stall_s, before the collective timeout ends the job.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 
@@ -19,6 +22,7 @@ namespace tpserve {
 struct LoopOptions {
   double shutdown_timeout_s = 30.0;  // grace period for in-flight requests after SIGTERM/SIGINT
   double heartbeat_s = 1.0;          // empty plan interval while idle
+  double stall_s = 5.0;              // a heartbeat barrier this long means a rank is hung
 };
 
 // Counters rank 0 publishes for GetServerInfo (read from gateway threads).
@@ -28,6 +32,9 @@ struct ServerCounters {
   int64_t finished = 0, cancelled = 0, generated_tokens = 0;
   double tokens_per_s = 0;  // over the last window of about a second
   bool draining = false;
+  // Set while rank 0 waits in a heartbeat barrier: past this time the other ranks are late by
+  // more than LoopOptions::stall_s and the health service reports NOT_SERVING.
+  std::chrono::steady_clock::time_point stalled_after = std::chrono::steady_clock::time_point::max();
 };
 
 // Rank 0. Returns when a shutdown was requested (stop_requested) and the engine drained or the

@@ -349,8 +349,11 @@ class HealthService final : public health::Health::Service {
   static bool Known(const std::string& s) { return s.empty() || s == "tpserve.v1.TpServe"; }
   health::HealthCheckResponse::ServingStatus Current() const {
     std::lock_guard<std::mutex> lock(sh_.counters->mu);
-    return sh_.counters->draining ? health::HealthCheckResponse::NOT_SERVING
-                                  : health::HealthCheckResponse::SERVING;
+    // Draining, or another rank late for the idle heartbeat (hung: requests would wait for the
+    // collective timeout).
+    const bool stalled = Clock::now() > sh_.counters->stalled_after;
+    return sh_.counters->draining || stalled ? health::HealthCheckResponse::NOT_SERVING
+                                             : health::HealthCheckResponse::SERVING;
   }
   Shared& sh_;
 };
