@@ -233,41 +233,72 @@ void UnsplitRow(const float* split, int d, float* x) {
   for (int i = 0; i < d; ++i) x[i] = split[i / 32 * 32 + i % 2 * 16 + i % 32 / 2];
 }
 
-// One 32-element chunk of AccumulateRowsT (below) into its two split sums per head: v points at
-// the chunk in the first row (rows d apart), os0 and os1 at the chunk's sums. kHalf: only the
-// chunk's first 16 elements exist (LoadSplit16).
-template <class T, int H, bool kHalf>
-__attribute__((always_inline)) inline void AccumulateChunk(const float* w0, const float* w1, const T* v,
-                                                           int rows, int d, float* os0, float* os1) {
+// kChunks (1 or 2) 32-element chunks of AccumulateRowsT (below), from element c of each row (rows
+// d apart), into their split sums per head (os0, and os1 for a second head), in named sums.
+// kHalf: one chunk of which only the first 16 elements exist (LoadSplit16).
+template <class T, int H, int kChunks, bool kHalf>
+__attribute__((always_inline)) inline void AccumulateChunks(const float* w0, const float* w1, const T* v,
+                                                            int rows, int d, int c, float* os0, float* os1) {
+  static_assert(kChunks == 1 || kChunks == 2);
+  static_assert(!kHalf || kChunks == 1);
   constexpr size_t kV = sizeof(V16);
-  V16 a0, a1, b0{}, b1{};
-  std::memcpy(&a0, os0, kV);
-  std::memcpy(&a1, os0 + 16, kV);
+  float* s0 = os0 + c;
+  float* s1 = nullptr;
+  V16 a0, a1, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
+  std::memcpy(&a0, s0, kV);
+  std::memcpy(&a1, s0 + 16, kV);
+  if constexpr (kChunks == 2) {
+    std::memcpy(&a2, s0 + 32, kV);
+    std::memcpy(&a3, s0 + 48, kV);
+  }
   if constexpr (H == 2) {
-    std::memcpy(&b0, os1, kV);
-    std::memcpy(&b1, os1 + 16, kV);
+    s1 = os1 + c;
+    std::memcpy(&b0, s1, kV);
+    std::memcpy(&b1, s1 + 16, kV);
+    if constexpr (kChunks == 2) {
+      std::memcpy(&b2, s1 + 32, kV);
+      std::memcpy(&b3, s1 + 48, kV);
+    }
   }
   for (int p = 0; p < rows; ++p) {
-    V16 e0, o0;
+    const T* x = v + static_cast<size_t>(p) * d + c;
+    V16 e0, o0, e1{}, o1{};
     if constexpr (kHalf) {
-      LoadSplit16(v + static_cast<size_t>(p) * d, &e0, &o0);
+      LoadSplit16(x, &e0, &o0);
     } else {
-      LoadSplit32(v + static_cast<size_t>(p) * d, &e0, &o0);
+      LoadSplit32(x, &e0, &o0);
     }
+    if constexpr (kChunks == 2) LoadSplit32(x + 32, &e1, &o1);
     const float s = w0[p];
-    a0 += s * e0;
+    a0 += s * e0;  // contracted to a fused multiply-add where the clone has FMA
     a1 += s * o0;
+    if constexpr (kChunks == 2) {
+      a2 += s * e1;
+      a3 += s * o1;
+    }
     if constexpr (H == 2) {
       const float t = w1[p];
       b0 += t * e0;
       b1 += t * o0;
+      if constexpr (kChunks == 2) {
+        b2 += t * e1;
+        b3 += t * o1;
+      }
     }
   }
-  std::memcpy(os0, &a0, kV);
-  std::memcpy(os0 + 16, &a1, kV);
+  std::memcpy(s0, &a0, kV);
+  std::memcpy(s0 + 16, &a1, kV);
+  if constexpr (kChunks == 2) {
+    std::memcpy(s0 + 32, &a2, kV);
+    std::memcpy(s0 + 48, &a3, kV);
+  }
   if constexpr (H == 2) {
-    std::memcpy(os1, &b0, kV);
-    std::memcpy(os1 + 16, &b1, kV);
+    std::memcpy(s1, &b0, kV);
+    std::memcpy(s1 + 16, &b1, kV);
+    if constexpr (kChunks == 2) {
+      std::memcpy(s1 + 32, &b2, kV);
+      std::memcpy(s1 + 48, &b3, kV);
+    }
   }
 }
 
@@ -277,61 +308,20 @@ __attribute__((always_inline)) inline void AccumulateChunk(const float* w0, cons
 // has FMA), whatever the alignment, the rows per call and the other head: a result depends
 // neither on how the rows are split into calls (the paged blocks) nor on where they lie, nor on
 // which heads share the call. Each row is loaded and split once for both heads. 64 elements at
-// a time in named sums (GCC keeps an array of sums in memory; the AVX2 and baseline clones spill
-// them, being only fallbacks), then a last whole chunk of 32, then a last half chunk (head dims
-// such as 80) or else the last d % 32 elements one by one.
+// a time (AccumulateChunks; the AVX2 and baseline clones spill the sums, being only fallbacks),
+// then a last whole chunk of 32, then a last half chunk (head dims such as 80) or else the last
+// d % 32 elements one by one.
 template <class T, int H>
 __attribute__((always_inline)) inline void AccumulateRowsT(const float* w0, const float* w1, const T* v,
                                                            int rows, int d, float* os0, float* os1) {
-  constexpr size_t kV = sizeof(V16);
   int c = 0;
-  for (; c + 64 <= d; c += 64) {
-    V16 a0, a1, a2, a3, b0{}, b1{}, b2{}, b3{};
-    std::memcpy(&a0, os0 + c, kV);
-    std::memcpy(&a1, os0 + c + 16, kV);
-    std::memcpy(&a2, os0 + c + 32, kV);
-    std::memcpy(&a3, os0 + c + 48, kV);
-    if constexpr (H == 2) {
-      std::memcpy(&b0, os1 + c, kV);
-      std::memcpy(&b1, os1 + c + 16, kV);
-      std::memcpy(&b2, os1 + c + 32, kV);
-      std::memcpy(&b3, os1 + c + 48, kV);
-    }
-    for (int p = 0; p < rows; ++p) {
-      const T* x = v + static_cast<size_t>(p) * d + c;
-      V16 e0, o0, e1, o1;
-      LoadSplit32(x, &e0, &o0);
-      LoadSplit32(x + 32, &e1, &o1);
-      const float s = w0[p];
-      a0 += s * e0;
-      a1 += s * o0;
-      a2 += s * e1;
-      a3 += s * o1;
-      if constexpr (H == 2) {
-        const float t = w1[p];
-        b0 += t * e0;
-        b1 += t * o0;
-        b2 += t * e1;
-        b3 += t * o1;
-      }
-    }
-    std::memcpy(os0 + c, &a0, kV);
-    std::memcpy(os0 + c + 16, &a1, kV);
-    std::memcpy(os0 + c + 32, &a2, kV);
-    std::memcpy(os0 + c + 48, &a3, kV);
-    if constexpr (H == 2) {
-      std::memcpy(os1 + c, &b0, kV);
-      std::memcpy(os1 + c + 16, &b1, kV);
-      std::memcpy(os1 + c + 32, &b2, kV);
-      std::memcpy(os1 + c + 48, &b3, kV);
-    }
-  }
+  for (; c + 64 <= d; c += 64) AccumulateChunks<T, H, 2, false>(w0, w1, v, rows, d, c, os0, os1);
   if (c + 32 <= d) {
-    AccumulateChunk<T, H, false>(w0, w1, v + c, rows, d, os0 + c, os1 == nullptr ? nullptr : os1 + c);
+    AccumulateChunks<T, H, 1, false>(w0, w1, v, rows, d, c, os0, os1);
     c += 32;
   }
   if (d - c == 16) {  // a last half chunk: lanes 8-15 of its sums add zeros
-    AccumulateChunk<T, H, true>(w0, w1, v + c, rows, d, os0 + c, os1 == nullptr ? nullptr : os1 + c);
+    AccumulateChunks<T, H, 1, true>(w0, w1, v, rows, d, c, os0, os1);
     return;
   }
   for (int p = 0; p < rows; ++p) {  // the last chunk, element by element, into its split places
