@@ -228,9 +228,39 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
   }
 }
 
+// The AVX512-BF16 block kernel (batched products without AMX) with bf16 activations: row counts
+// on both sides of its one-pass limit (24 rows) and of its 6-row groups, k across its 128-pair
+// chunks (300: three chunks, the last partial), fewer than 64 and fewer than 33 valid output rows.
+TEST(PackedBf16, Bf16DotBlockKernelMatchesReference) {
+  if (!Bf16DotUsable()) GTEST_SKIP() << "this CPU has no AVX512-BF16: packed GEMMs use AMX or oneDNN";
+  for (int k : {1, 31, 33, 100, 300}) {
+    for (int cols : {1, 17, 33, 64}) {
+      const auto [kpad, wf, block] = MakeTestBlock(cols, k);
+      for (int n : {1, 2, 8, 15, 16, 23, 24, 25, 29, 31, 36, 64}) {
+        const std::vector<float> x = Random(static_cast<size_t>(n) * k, n * 3 + k);
+        const int ldx = kpad + kBf16DotRowPad;  // rows of kpad, zero-padded, then filler
+        std::vector<uint16_t> xb(static_cast<size_t>(n) * ldx, 0x7fc0);
+        for (int t = 0; t < n; ++t) {
+          uint16_t* row = &xb[static_cast<size_t>(t) * ldx];
+          ConvertDType(&x[static_cast<size_t>(t) * k], DType::kF32, row, DType::kBF16, k);
+          std::fill(row + k, row + kpad, uint16_t{0});
+        }
+        const int ldy = 70;
+        std::vector<float> y(static_cast<size_t>(n) * ldy, -7.0f);
+        PackedBf16Dot(xb.data(), ldx, n, kpad, block.data(), y.data(), ldy, cols);
+        const std::string what = "bf16 dot cols=" + std::to_string(cols);
+        ExpectBf16Product(x, /*x_bf16=*/true, wf, n, cols, k, y.data(), ldy, what);
+        for (int t = 0; t < n; ++t) {
+          for (int o = cols; o < ldy; ++o) ASSERT_EQ(y[static_cast<size_t>(t) * ldy + o], -7.0f) << what;
+        }
+      }
+    }
+  }
+}
+
 // Pack writes exactly the defined layout (zero padding included) and Unpack restores the matrix
 // bit for bit; MatmulPacked, through the block kernel (fewer than 8 rows) and from 8 rows on
-// through the AMX kernel (where the CPU has AMX) and through oneDNN, then computes the right
+// through the AMX kernel (where the CPU has AMX), the AVX512-BF16 one and oneDNN, then computes the right
 // product, which shows that oneDNN reads the layout as defined. Shapes
 // cover partial blocks, at k = 2100 several ~1 MB slices per thread, and at k = 2048 a batch of
 // more than one row chunk.
@@ -265,11 +295,15 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
       std::vector<uint16_t> row(c.k);
       packed->UnpackRow(c.m - 1, row.data());
       ASSERT_EQ(std::memcmp(row.data(), &wb[static_cast<size_t>(c.m - 1) * c.k], c.k * sizeof(uint16_t)), 0);
-      for (const bool amx : {true, false}) {
+      // The batched paths in turn: AMX (where the CPU has it), AVX512-BF16, oneDNN.
+      for (const auto& [amx, dot] :
+           {std::pair{true, true}, std::pair{false, true}, std::pair{false, false}}) {
         UseAmxForPackedGemm(amx);
+        UseBf16DotForPackedGemm(dot);
+        const char* path = AmxForPackedGemm() ? " amx" : Bf16DotForPackedGemm() ? " dot" : " onednn";
         // 50: a last group of 18 rows after a full one (the AMX tile configuration changes
         // twice per block); 600 at k = 2048: two row chunks of the AMX path (288 + 312).
-        std::vector<int> ns = {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 33, 50, 70};
+        std::vector<int> ns = {1, 3, kGemmMinRows - 1, kGemmMinRows, 9, 20, kBf16DotMaxRows, 33, 50, 70};
         if (c.k == 2048) ns.push_back(600);
         // 130 and 160 at k <= 512: the AMX kernel's group-by-group order (a last group of 2 rows,
         // and partial blocks, at 130).
@@ -279,20 +313,20 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
           std::vector<float> y(static_cast<size_t>(n) * c.m);
           MatmulPacked(x.data(), n, *packed, y.data());
           const std::string key = std::to_string(c.m) + " " + std::to_string(c.k) + " " + std::to_string(n) +
-                                  (amx ? " amx" : " no-amx");
+                                  std::to_string(amx) + std::to_string(dot);
           if (threads == 1) {
             one_thread[key] = y;
-          } else if (n < kGemmMinRows || (amx && AmxBf16Usable())) {  // not oneDNN's: its slices differ
+          } else if (n < kGemmMinRows || std::string(path) != " onednn") {  // oneDNN's slices differ
             ASSERT_EQ(std::memcmp(y.data(), one_thread[key].data(), y.size() * sizeof(float)), 0)
                 << key << " at " << threads << " threads";
           }
           // Like plain bf16 weights: the GEMM (kGemmMinRows rows and more) takes bf16 activations.
-          ExpectBf16Product(
-              x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
-              "threads " + std::to_string(threads) + (amx && AmxBf16Usable() ? " amx" : " onednn"));
+          ExpectBf16Product(x, n >= kGemmMinRows, wf, n, c.m, c.k, y.data(), c.m,
+                            "threads " + std::to_string(threads) + path);
         }
       }
       UseAmxForPackedGemm(true);
+      UseBf16DotForPackedGemm(true);
     }
   }
   SetThreads(1);

@@ -266,20 +266,30 @@ void PackedBf16::Unpack(uint16_t* w) const {
 }
 
 namespace {
-std::atomic<int> g_amx_packed{-1};  // -1: not decided yet (on first use: TPSERVE_AMX, the CPU)
-}  // namespace
-
-bool AmxForPackedGemm() {
-  int v = g_amx_packed.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const int want = AmxAllowedByEnvironment() && AmxBf16Usable() ? 1 : 0;
-    // An explicit UseAmxForPackedGemm that raced with this first use wins.
-    v = g_amx_packed.compare_exchange_strong(v, want) ? want : v;
+// A batched kernel for packed bf16 that is on where the CPU has it, unless an environment
+// variable says 0 (A/B benchmarks); tests switch it to cover every path.
+class KernelSwitch {
+ public:
+  KernelSwitch(const char* env, bool (*usable)()) : env_(env), usable_(usable) {}
+  bool on() {
+    int v = state_.load(std::memory_order_relaxed);
+    if (v < 0) {
+      const char* e = std::getenv(env_);
+      const int want = (e == nullptr || std::strcmp(e, "0") != 0) && usable_() ? 1 : 0;
+      v = state_.compare_exchange_strong(v, want) ? want : v;  // a Set that raced with this first use wins
+    }
+    return v == 1;
   }
-  return v == 1;
-}
+  void Set(bool on) { state_.store(on && usable_() ? 1 : 0); }
 
-namespace {
+ private:
+  const char* env_;
+  bool (*usable_)();
+  std::atomic<int> state_{-1};  // -1: not decided yet (on first use: the environment, the CPU)
+};
+KernelSwitch g_amx_packed("TPSERVE_AMX", AmxBf16Usable);
+KernelSwitch g_dot_packed("TPSERVE_BF16_DOT", Bf16DotUsable);
+
 // Blocks per turn when the pool's threads take a matrix's blocks in turns (ParallelForDynamic):
 // about eight turns per thread, but `keep` blocks or more where each thread still gets two turns.
 int BlocksPerTurn(int blocks, int keep) {
@@ -289,8 +299,17 @@ int BlocksPerTurn(int blocks, int keep) {
 }
 }  // namespace
 
+bool AmxForPackedGemm() {
+  return g_amx_packed.on();
+}
 void UseAmxForPackedGemm(bool on) {
-  g_amx_packed.store(on && AmxBf16Usable() ? 1 : 0);
+  g_amx_packed.Set(on);
+}
+bool Bf16DotForPackedGemm() {
+  return g_dot_packed.on();
+}
+void UseBf16DotForPackedGemm(bool on) {
+  g_dot_packed.Set(on);
 }
 
 // Whole blocks of the packed weights go to each thread of the pool, both in the AMX and the
@@ -334,6 +353,17 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
                       y + static_cast<size_t>(r0) * m + o0, m, m - o0);
       });
     }
+    return;
+  }
+  if (n >= kGemmMinRows && n <= kBf16DotMaxRows && Bf16DotForPackedGemm()) {
+    const int ldx = kpad + kBf16DotRowPad;
+    const AlignedVector<uint16_t> xb = ToBf16Rows(x, n, k, ldx);
+    ParallelForDynamic(w.blocks(), BlocksPerTurn(w.blocks(), 1), [&](int b0, int b1) {
+      for (int b = b0; b < b1; ++b) {
+        const int o0 = b * kPackedRows;
+        PackedBf16Dot(xb.data(), ldx, n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
+      }
+    });
     return;
   }
   if (n >= kGemmMinRows) {

@@ -69,7 +69,8 @@ class PackedBf16 {
 };
 
 // y(n, m) = x(n, k) * w^T for packed w, y dense (n, m): PackedBf16Fn below kGemmMinRows rows;
-// from there PackedBf16Amx where AMX is on (UseAmxForPackedGemm), oneDNN otherwise. Threads of
+// from there PackedBf16Amx where AMX is on (UseAmxForPackedGemm), else up to kBf16DotMaxRows rows
+// PackedBf16Dot where the CPU has AVX512-BF16 (UseBf16DotForPackedGemm), else oneDNN. Threads of
 // the kernel pool split the blocks. From kGemmMinRows rows on, activations are rounded to bf16.
 // Our AMX kernel against oneDNN 2.6's on the 2-core VM: 16-64 rows (batched decode) stream the
 // weights 1.3-2x as fast (perf/matvec_bench --rows), a 512-token prefill runs ~8% faster.
@@ -79,6 +80,14 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
 // TPSERVE_AMX=0 (A/B benchmarks); tests switch it to cover both paths.
 void UseAmxForPackedGemm(bool on);
 bool AmxForPackedGemm();
+// Whether MatmulPacked takes PackedBf16Dot where AMX is off (never where !Bf16DotUsable()): on by
+// default, unless the environment says TPSERVE_BF16_DOT=0 (then oneDNN's GEMM).
+void UseBf16DotForPackedGemm(bool on);
+bool Bf16DotForPackedGemm();
+// Batched decode: on the Zen 5 VM (no AMX), 16 rows at TP 2's `small` shapes, one thread, read
+// the weights 1.1-1.35x as fast through PackedBf16Dot as through oneDNN; 32 rows alike; from 64
+// rows on (prefill) oneDNN is ahead (512 rows: ~650-700 against ~540 GFLOP/s, 2 threads).
+inline constexpr int kBf16DotMaxRows = 32;
 
 inline constexpr int kAttentionTileRows = 64;
 

@@ -73,6 +73,15 @@ using PackedBf16Fn = void (*)(const float* x, int n, int kpad, const uint16_t* b
                               int cols);
 void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
 
+// The same block product on AVX512-BF16 (VDPBF16PS), for 8 rows and more where the CPU has that
+// instruction but no AMX (Bf16DotUsable): bf16 activations, f32 sums. x: n rows of kpad bf16
+// (zero-padded), row stride ldx (even, >= kpad; kBf16DotRowPad more than kpad keeps rows at a
+// 4 KB stride out of one L1 set). Writes y's first `cols` columns of each row, nothing else.
+inline constexpr int kBf16DotRowPad = 32;
+bool Bf16DotUsable();
+void PackedBf16Dot(const uint16_t* x, int ldx, int n, int kpad, const uint16_t* block, float* y, int ldy,
+                   int cols);
+
 // The same block product on AMX-BF16 tiles, for 8 rows and more (batched decode, where the
 // AVX-512 FMAs cannot keep up with the weight stream, and prefill), with bf16 activations and f32
 // sums; 32 rows per pass over the block. Only where AmxBf16Usable(): the CPU has AMX-BF16 and
