@@ -1,8 +1,10 @@
 // Peak matrix throughput of this CPU at a given thread count, measured by register-resident
 // microkernels (the ceiling prefill is compared with): AVX-512 FMA f32 (12 independent chains of
-// vfmadd231ps) and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident tiles), and
-// AMX's GEMM step with its tile loads from L1 (AmxL1StepLoop).
-//   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops", "amx_bf16_gflops",
+// vfmadd231ps), AVX512-BF16 dot products (12 chains of vdpbf16ps, the ceiling of PackedBf16Dot)
+// where the CPU has them, and, where the CPU and kernel allow it, AMX bf16 (TDPBF16PS on resident
+// tiles) and AMX's GEMM step with its tile loads from L1 (AmxL1StepLoop).
+//   peak_flops --threads N   -> one JSON line {"threads", "avx512_fma_f32_gflops",
+//                                              "avx512_bf16_dot_gflops", "amx_bf16_gflops",
 //                                              "amx_bf16_l1_step_gflops"}
 #include <immintrin.h>
 #include <sched.h>
@@ -30,6 +32,20 @@ __attribute__((target("avx512f,fma"))) float FmaLoop(int64_t iters) {
   const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
   for (int64_t i = 0; i < iters; ++i) {
     for (int j = 0; j < 12; ++j) a[j] = _mm512_fmadd_ps(a[j], x, y);
+  }
+  __m512 s = a[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, a[j]);
+  return _mm512_reduce_add_ps(s);
+}
+
+// Each vdpbf16ps: 16 lanes x 2 products x 2 flops.
+__attribute__((target("avx512f,avx512bf16"))) float Bf16DotLoop(int64_t iters) {
+  __m512 a[12];
+  for (int j = 0; j < 12; ++j) a[j] = _mm512_set1_ps(0.001f * j);
+  const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.999f), _mm512_set1_ps(0.999f));
+  const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(1e-7f));
+  for (int64_t i = 0; i < iters; ++i) {
+    for (int j = 0; j < 12; ++j) a[j] = _mm512_dpbf16_ps(a[j], x, y);
   }
   __m512 s = a[0];
   for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, a[j]);
@@ -135,6 +151,15 @@ int main(int argc, char** argv) {
     tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { sink = sink + FmaLoop(kIters / 4); });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out["avx512_fma_f32_gflops"] = threads * (kIters / 4) * 12.0 * 16 * 2 / s / 1e9;
+  }
+  if (tpserve::kernels::Bf16DotUsable()) {
+    volatile float sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    tpserve::kernels::ParallelFor(threads, 1, [&](int, int) { sink = sink + Bf16DotLoop(kIters / 4); });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out["avx512_bf16_dot_gflops"] = threads * (kIters / 4) * 12.0 * 16 * 4 / s / 1e9;
+  } else {
+    out["avx512_bf16_dot_gflops"] = nullptr;
   }
   if (tpserve::kernels::AmxBf16Usable()) {  // asks Linux for the tile state (once per process)
     const int64_t iters = kIters / 20;

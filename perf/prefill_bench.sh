@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prefill throughput against the peak matrix throughput measured in the same run: the prefill
 # time of a PROMPT-token prompt (`tpserve run`, time to first token) on a bench-1b model, and
-# perf/peak_flops at the same thread count before and after (AVX-512 FMA f32 and AMX bf16
-# register-resident microkernels; and AMX's GEMM step with its tile loads from L1, the ceiling of any
-# AMX GEMM here). flops = 2 x matrix parameters x tokens + causal attention.
+# perf/peak_flops at the same thread count before and after (AVX-512 FMA f32, AVX512-BF16 dot
+# product and AMX bf16 register-resident microkernels; and AMX's GEMM step with its tile loads from
+# L1, the ceiling of any AMX GEMM here). flops = 2 x matrix parameters x tokens + causal attention.
 # Each case runs REPEATS times (probe, prefill, probe each time); each repeat's fraction is taken
 # against the mean of its own two probes (the VM's peak probe moves between ~1800 and ~3500
 # GFLOP/s for 2 threads from minute to minute), and the case reports the repeat whose fraction of
@@ -49,11 +49,13 @@ for r in rows:
         vals = [p.get(key) for p in (r["peak_before"], r["peak_after"]) if p.get(key)]
         return sum(vals) / len(vals) if vals else None
     fma, amx, step = peak("avx512_fma_f32_gflops"), peak("amx_bf16_gflops"), peak("amx_bf16_l1_step_gflops")
+    dot = peak("avx512_bf16_dot_gflops")
     cases.setdefault((r["format"], r["tp"], r["threads"]), []).append(
         {"prefill_s": s, "tokens_per_s": n / s, "gflops": achieved, "avx512_fma_peak_gflops": fma,
          "fraction_of_fma_peak": achieved / fma if fma else None, "amx_bf16_peak_gflops": amx,
          "fraction_of_amx_peak": achieved / amx if amx else None, "amx_l1_step_gflops": step,
-         "fraction_of_amx_l1_step": achieved / step if step else None})
+         "fraction_of_amx_l1_step": achieved / step if step else None, "avx512_bf16_dot_peak_gflops": dot,
+         "fraction_of_bf16_dot_peak": achieved / dot if dot else None})
 results = []
 for (fmt, tp, th), reps in cases.items():
     key = "fraction_of_amx_peak" if all(x["fraction_of_amx_peak"] for x in reps) else "fraction_of_fma_peak"
@@ -72,9 +74,11 @@ for res in results:
               f'{x["gflops"]:.1f} GFLOP/s = {pct(x["fraction_of_fma_peak"])} of the FMA peak '
               f'({x["avx512_fma_peak_gflops"] or 0:.0f}), {pct(x["fraction_of_amx_peak"])} of the AMX peak '
               f'({x["amx_bf16_peak_gflops"] or 0:.0f}), {pct(x["fraction_of_amx_l1_step"])} of the AMX GEMM step '
-              f'from L1 ({x["amx_l1_step_gflops"] or 0:.0f})')
+              f'from L1 ({x["amx_l1_step_gflops"] or 0:.0f}), {pct(x["fraction_of_bf16_dot_peak"])} of the '
+              f'AVX512-BF16 dot peak ({x["avx512_bf16_dot_peak_gflops"] or 0:.0f})')
     print(f'{res["format"]} TP{res["tp"]}x{res["threads_per_rank"]}: median repeat of {len(res["repeats"])}: '
           f'{res["tokens_per_s"]:.1f} tok/s, {pct(res["fraction_of_fma_peak"])} of the AVX-512 FMA peak, '
           f'{pct(res["fraction_of_amx_peak"])} of the AMX bf16 peak, '
-          f'{pct(res["fraction_of_amx_l1_step"])} of the AMX GEMM step from L1')
+          f'{pct(res["fraction_of_amx_l1_step"])} of the AMX GEMM step from L1, '
+          f'{pct(res["fraction_of_bf16_dot_peak"])} of the AVX512-BF16 dot peak')
 PY
