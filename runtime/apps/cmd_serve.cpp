@@ -167,6 +167,7 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   if (!AllOk(*job.world, gateway_status)) return 1;
   if (!job.leader()) {
     Status st = RunEngineLoopFollower(engine, *job.tp);
+    if (st.ok()) st = job.tp->Barrier().WithContext("the shutdown");  // rank 0 waits for this
     if (!st.ok()) {
       log::Error("engine loop failed: {}", st.message());
       MpiEnv::Abort(1);
@@ -181,6 +182,12 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
     MpiEnv::Abort(1);
   }
   gateway->Shutdown();
+  // Every rank confirms the shutdown, so "cleanly" is never logged for a job whose other rank died
+  // (mpirun then ends rank 0 while it waits here, and exits non-zero naming the dead rank).
+  if (Status done = job.tp->Barrier().WithContext("the shutdown"); !done.ok()) {
+    log::Error("shutdown: {}", done.message());
+    MpiEnv::Abort(1);
+  }
   log::Info("shut down cleanly");
   return 0;
 }

@@ -128,4 +128,29 @@ else
   fail "killed rank: rc=$rc after ${took} s"
   head -20 "$WORK/err"
 fi
+
+# A serving job whose second rank dies: mpirun exits non-zero naming the rank, without a hang, and
+# rank 0 does not report a clean shutdown (it logs one only once every rank has confirmed it).
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+timeout 120 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" serve --model-path "$WORK/small" --port "$port" \
+  >"$WORK/sout" 2>"$WORK/serr" &
+job=$!
+for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
+gw=$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
+victim=""
+for p in $(pgrep -x tpserve); do  # the rank of this job that is not the gateway
+  if [ "$p" != "$gw" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--port $port"; then victim=$p; fi
+done
+[ -n "$gw" ] && [ -n "$victim" ] && kill -9 "$victim"
+rc=0
+wait $job || rc=$?
+if [ -z "$victim" ]; then
+  fail "killed serving rank: the follower rank was not found (gateway pid '$gw')"
+elif [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qiE "rank [0-9]+" "$WORK/serr" &&
+  ! grep -q "shut down cleanly" "$WORK/serr"; then
+  pass "killed serving rank: job exited $rc, no clean-shutdown line: $(grep -iE -m1 'rank [0-9]+.*(exited|signal|killed)' "$WORK/serr" | cut -c1-120)"
+else
+  fail "killed serving rank: rc=$rc"
+  head -30 "$WORK/serr"
+fi
 finish
