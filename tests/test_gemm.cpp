@@ -229,8 +229,8 @@ TEST(PackedBf16, AmxBlockKernelMatchesReference) {
 }
 
 // The AVX512-BF16 block kernel (batched products without AMX) with bf16 activations: row counts
-// on both sides of its one-pass limit (24 rows) and of its 6-row groups, k across its 128-pair
-// chunks (300: three chunks, the last partial), fewer than 64 and fewer than 33 valid output rows.
+// on both sides of its 6-row groups, k across its 64-pair chunks (300: three chunks, the last
+// partial), fewer than 64 and fewer than 33 valid output rows, NaN filler past each row's kpad.
 TEST(PackedBf16, Bf16DotBlockKernelMatchesReference) {
   if (!Bf16DotUsable()) GTEST_SKIP() << "this CPU has no AVX512-BF16: packed GEMMs use AMX or oneDNN";
   for (int k : {1, 31, 33, 100, 300}) {
@@ -313,7 +313,7 @@ TEST(PackedBf16, PackUnpackAndProductsMatchReference) {
           std::vector<float> y(static_cast<size_t>(n) * c.m);
           MatmulPacked(x.data(), n, *packed, y.data());
           const std::string key = std::to_string(c.m) + " " + std::to_string(c.k) + " " + std::to_string(n) +
-                                  std::to_string(amx) + std::to_string(dot);
+                                  (amx ? " amx" : "") + (dot ? " dot" : "");
           if (threads == 1) {
             one_thread[key] = y;
           } else if (n < kGemmMinRows || std::string(path) != " onednn") {  // oneDNN's slices differ

@@ -270,7 +270,7 @@ namespace {
 // variable says 0 (A/B benchmarks); tests switch it to cover every path.
 class KernelSwitch {
  public:
-  KernelSwitch(const char* env, bool (*usable)()) : env_(env), usable_(usable) {}
+  constexpr KernelSwitch(const char* env, bool (*usable)()) : env_(env), usable_(usable) {}
   bool on() {
     int v = state_.load(std::memory_order_relaxed);
     if (v < 0) {
@@ -287,8 +287,8 @@ class KernelSwitch {
   bool (*usable_)();
   std::atomic<int> state_{-1};  // -1: not decided yet (on first use: the environment, the CPU)
 };
-KernelSwitch g_amx_packed("TPSERVE_AMX", AmxBf16Usable);
-KernelSwitch g_dot_packed("TPSERVE_BF16_DOT", Bf16DotUsable);
+constinit KernelSwitch g_amx_packed("TPSERVE_AMX", AmxBf16Usable);
+constinit KernelSwitch g_dot_packed("TPSERVE_BF16_DOT", Bf16DotUsable);
 
 // Blocks per turn when the pool's threads take a matrix's blocks in turns (ParallelForDynamic):
 // about eight turns per thread, but `keep` blocks or more where each thread still gets two turns.

@@ -77,7 +77,8 @@ class PackedBf16 {
 void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y);
 // Whether MatmulPacked takes PackedBf16Amx (never where !AmxBf16Usable()), and with it prefill
 // attention AttentionPrefillAmx (kernels.h). On by default, unless the environment says
-// TPSERVE_AMX=0 (A/B benchmarks); tests switch it to cover both paths.
+// TPSERVE_AMX=0 (A/B benchmarks; 8-32 rows then go to PackedBf16Dot, unless TPSERVE_BF16_DOT=0
+// too); tests switch it to cover every path.
 void UseAmxForPackedGemm(bool on);
 bool AmxForPackedGemm();
 // Whether MatmulPacked takes PackedBf16Dot where AMX is off (never where !Bf16DotUsable()): on by

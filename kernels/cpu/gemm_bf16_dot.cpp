@@ -16,6 +16,9 @@ namespace {
 #define TPSERVE_DOT_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline
 
+// An activation pair read as one 32-bit word from the bf16 rows (may_alias: the buffer holds uint16_t).
+using Pair = uint32_t __attribute__((may_alias));
+
 constexpr int kGroups = kPackedRows / 16;  // 16-column groups (one 64-byte load each) per pair
 // Rows go in groups of kWideRows against all four column groups (24 sums in registers).
 constexpr int kWideRows = 6;
@@ -35,7 +38,7 @@ TPSERVE_DOT_TARGET __mmask16 ColumnMask(int left) {
 // earlier chunk's) where p0 > 0. Columns at or past `cols` are neither read nor written. As row
 // group `group` of `groups`, it prefetches one pair of the next chunk at every groups-th pair.
 template <int R, int V>
-TPSERVE_DOT_TARGET void DotRows(const uint32_t* x, int xs, const uint16_t* block, int p0, int p1, float* y,
+TPSERVE_DOT_TARGET void DotRows(const Pair* x, int xs, const uint16_t* block, int p0, int p1, float* y,
                                 int ldy, int cols, int group, int groups) {
   __m512 acc[R][V];
 #pragma GCC unroll 32
@@ -77,7 +80,7 @@ TPSERVE_DOT_TARGET void DotRows(const uint32_t* x, int xs, const uint16_t* block
 }
 
 template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void RowGroup(const uint32_t* x, int xs,
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void RowGroup(const Pair* x, int xs,
                                                                               const uint16_t* block, int p0,
                                                                               int p1, float* y, int ldy,
                                                                               int cols, int group,
@@ -96,10 +99,10 @@ bool Bf16DotUsable() {
 
 void PackedBf16Dot(const uint16_t* x, int ldx, int n, int kpad, const uint16_t* block, float* y, int ldy,
                    int cols) {
-  using Fn = void (*)(const uint32_t*, int, const uint16_t*, int, int, float*, int, int, int, int);
+  using Fn = void (*)(const Pair*, int, const uint16_t*, int, int, float*, int, int, int, int);
   static constexpr Fn kByRows[kWideRows] = {RowGroup<1>, RowGroup<2>, RowGroup<3>,
                                             RowGroup<4>, RowGroup<5>, RowGroup<6>};
-  const auto* xw = reinterpret_cast<const uint32_t*>(x);
+  const auto* xw = reinterpret_cast<const Pair*>(x);
   const int pairs = kpad / 2, xs = ldx / 2, groups = (n + kWideRows - 1) / kWideRows;
   for (int p0 = 0; p0 < pairs; p0 += kChunkPairs) {
     const int p1 = std::min(pairs, p0 + kChunkPairs);

@@ -75,7 +75,7 @@ void PackedBf16Portable(const float* x, int n, int kpad, const uint16_t* block, 
 
 // The same block product on AVX512-BF16 (VDPBF16PS), for 8 rows and more where the CPU has that
 // instruction but no AMX (Bf16DotUsable): bf16 activations, f32 sums. x: n rows of kpad bf16
-// (zero-padded), row stride ldx (even, >= kpad; kBf16DotRowPad more than kpad keeps rows at a
+// (zero-padded; 4-byte aligned), row stride ldx (even, >= kpad; kBf16DotRowPad more than kpad keeps rows at a
 // 4 KB stride out of one L1 set). Writes y's first `cols` columns of each row, nothing else.
 inline constexpr int kBf16DotRowPad = 32;
 bool Bf16DotUsable();

@@ -167,9 +167,12 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   if (!AllOk(*job.world, gateway_status)) return 1;
   if (!job.leader()) {
     Status st = RunEngineLoopFollower(engine, *job.tp);
-    if (st.ok()) st = job.tp->Barrier().WithContext("the shutdown");  // rank 0 waits for this
     if (!st.ok()) {
       log::Error("engine loop failed: {}", st.message());
+      MpiEnv::Abort(1);
+    }
+    if (Status done = job.tp->Barrier().WithContext("the shutdown"); !done.ok()) {  // rank 0 waits for this
+      log::Error("shutdown: {}", done.message());
       MpiEnv::Abort(1);
     }
     return 0;

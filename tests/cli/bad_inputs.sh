@@ -122,8 +122,10 @@ kill -9 "$victim" 2>/dev/null
 rc=0
 wait $job || rc=$?
 took=$(($(date +%s) - start))
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qiE "rank [0-9]+" "$WORK/err"; then
-  pass "killed rank: job exited $rc after ${took} s: $(grep -iE -m1 'rank [0-9]+.*(exited|signal|killed)' "$WORK/err" | cut -c1-120)"
+# mpirun's own report names the rank (every tpserve log line carries "[tpserve rank N]" as well).
+dead_rank='process rank [0-9]+ .*(exited|signal|killed)'
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qiE "$dead_rank" "$WORK/err"; then
+  pass "killed rank: job exited $rc after ${took} s: $(grep -iE -m1 "$dead_rank" "$WORK/err" | cut -c1-120)"
 else
   fail "killed rank: rc=$rc after ${took} s"
   head -20 "$WORK/err"
@@ -139,16 +141,16 @@ for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/d
 gw=$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
 victim=""
 for p in $(pgrep -x tpserve); do  # the rank of this job that is not the gateway
-  if [ "$p" != "$gw" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--port $port"; then victim=$p; fi
+  if [ "$p" != "$gw" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--port $port "; then victim=$p; fi
 done
-[ -n "$gw" ] && [ -n "$victim" ] && kill -9 "$victim"
+if [ -n "$gw" ] && [ -n "$victim" ]; then kill -9 "$victim"; else kill "$job"; fi
 rc=0
 wait $job || rc=$?
 if [ -z "$victim" ]; then
-  fail "killed serving rank: the follower rank was not found (gateway pid '$gw')"
-elif [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qiE "rank [0-9]+" "$WORK/serr" &&
+  fail "killed serving rank: the follower rank was not found (gateway pid '$gw'; rc=$rc)"
+elif [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qiE "$dead_rank" "$WORK/serr" &&
   ! grep -q "shut down cleanly" "$WORK/serr"; then
-  pass "killed serving rank: job exited $rc, no clean-shutdown line: $(grep -iE -m1 'rank [0-9]+.*(exited|signal|killed)' "$WORK/serr" | cut -c1-120)"
+  pass "killed serving rank: job exited $rc, no clean-shutdown line: $(grep -iE -m1 "$dead_rank" "$WORK/serr" | cut -c1-120)"
 else
   fail "killed serving rank: rc=$rc"
   head -30 "$WORK/serr"
