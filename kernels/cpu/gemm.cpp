@@ -311,6 +311,10 @@ bool Bf16DotForPackedGemm() {
 void UseBf16DotForPackedGemm(bool on) {
   g_dot_packed.Set(on);
 }
+const char* PackedBatchKernels() {
+  if (AmxForPackedGemm()) return "amx-bf16";
+  return Bf16DotForPackedGemm() ? "avx512-bf16 to 32 rows, then onednn" : "onednn";
+}
 
 // Whole blocks of the packed weights go to each thread of the pool, both in the AMX and the
 // few-row paths below; each writes y's columns of its blocks.

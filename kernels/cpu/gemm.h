@@ -89,6 +89,9 @@ bool Bf16DotForPackedGemm();
 // the weights 1.1-1.35x as fast through PackedBf16Dot as through oneDNN; 32 rows alike; from 64
 // rows on (prefill) oneDNN is ahead (512 rows: ~650-700 against ~540 GFLOP/s, 2 threads).
 inline constexpr int kBf16DotMaxRows = 32;
+// Which kernels take batches (8+ rows) of packed bf16 weights in this process, for logs and
+// `tpserve doctor`: "amx-bf16", "avx512-bf16 to 32 rows, then onednn" or "onednn".
+const char* PackedBatchKernels();
 
 inline constexpr int kAttentionTileRows = 64;
 

@@ -11,6 +11,7 @@
 #include "apps/commands.h"
 #include "comm/mpi_comm.h"
 #include "common/log.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #ifdef TPSERVE_HAVE_CUDA
 #include <nccl.h>
@@ -45,11 +46,11 @@ int Doctor(int argc, char** argv) {
   gpus = fmt::format("{} CUDA device(s), NCCL {}", NcclComm::DeviceCount(), nccl_version);
 #endif
   const std::string line = fmt::format(
-      "rank {}/{} host {} local_rank {}/{} pid {} isa {} (supported: {}) cpus_online {} mem_available "
-      "{} | {}",
+      "rank {}/{} host {} local_rank {}/{} pid {} isa {} (supported: {}; bf16 batches: {}) cpus_online {} "
+      "mem_available {} | {}",
       env->world_rank(), env->world_size(), env->hostname(), env->local_rank(), env->local_size(), getpid(),
-      kernels::ActiveKernels().isa, fmt::join(kernels::SupportedIsas(), ","), sysconf(_SC_NPROCESSORS_ONLN),
-      MemAvailable(), gpus);
+      kernels::ActiveKernels().isa, fmt::join(kernels::SupportedIsas(), ","), kernels::PackedBatchKernels(),
+      sysconf(_SC_NPROCESSORS_ONLN), MemAvailable(), gpus);
   // Gather fixed-size lines so only rank 0 prints, in rank order.
   constexpr size_t kLine = 512;
   std::string padded = line.substr(0, kLine - 1);

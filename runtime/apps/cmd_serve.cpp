@@ -12,6 +12,7 @@
 #include "comm/mpi_comm.h"
 #include "comm/parallel_config.h"
 #include "common/log.h"
+#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "engine/batch_engine.h"
 #include "engine/loader.h"
@@ -177,8 +178,9 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
     }
     return 0;
   }
-  log::Info("serving {} on {}:{} (tp={}, context {}, isa {})", f.job.load.model_path, f.gateway.host,
-            gateway->port(), job.parallel.tp_size, engine.context_length(), kernels::ActiveKernels().isa);
+  log::Info("serving {} on {}:{} (tp={}, context {}, isa {}, bf16 batches {})", f.job.load.model_path,
+            f.gateway.host, gateway->port(), job.parallel.tp_size, engine.context_length(),
+            kernels::ActiveKernels().isa, kernels::PackedBatchKernels());
   Status st = RunEngineLoopLeader(engine, *job.tp, queue, counters, g_stop, f.loop);
   if (!st.ok()) {
     log::Error("engine loop failed: {}", st.message());
