@@ -71,7 +71,13 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   }
   if (m0 == m) return;
   const bool batch = n >= kI8BatchRows && kt.rows_i8_batch != nullptr;
-  ParallelFor(m - m0, 16, [&](int o_begin, int o_end) {
+  // The threads take the rows in turns of about an eighth of their share (at least 128 rows, a
+  // multiple of 16), as the packed bf16 path takes its blocks: a fixed half each waits for the
+  // slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
+  // 1.03-1.15x faster in all 8.) Every output is one exact integer dot product, so the split
+  // never changes a result.
+  const int turn = std::max(16 * kRowsI8, (m - m0) / (8 * NumThreads()) / 16 * 16);
+  ParallelForDynamic(m - m0, turn, [&](int o_begin, int o_end) {
     o_begin += m0, o_end += m0;
     int o = o_begin;
     if (batch) {
