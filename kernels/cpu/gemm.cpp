@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cpu/aligned.h"
+#include "cpu/env_switch.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -274,8 +275,7 @@ class KernelSwitch {
   bool on() {
     int v = state_.load(std::memory_order_relaxed);
     if (v < 0) {
-      const char* e = std::getenv(env_);
-      const int want = (e == nullptr || std::strcmp(e, "0") != 0) && usable_() ? 1 : 0;
+      const int want = EnvSwitchOn(env_) && usable_() ? 1 : 0;
       v = state_.compare_exchange_strong(v, want) ? want : v;  // a Set that raced with this first use wins
     }
     return v == 1;
@@ -359,14 +359,18 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     }
     return;
   }
+  // The other paths call their kernel once per block, the threads taking the blocks in turns (as
+  // in the AMX path above): block(b, its first output row, its valid rows).
+  auto for_blocks_in_turns = [&](const auto& block) {
+    ParallelForDynamic(w.blocks(), BlocksPerTurn(w.blocks(), 1), [&](int b0, int b1) {
+      for (int b = b0; b < b1; ++b) block(b, b * kPackedRows, std::min(kPackedRows, m - b * kPackedRows));
+    });
+  };
   if (n >= kGemmMinRows && n <= kBf16DotMaxRows && Bf16DotForPackedGemm()) {
     const int ldx = kpad + kBf16DotRowPad;
     const AlignedVector<uint16_t> xb = ToBf16Rows(x, n, k, ldx);
-    ParallelForDynamic(w.blocks(), BlocksPerTurn(w.blocks(), 1), [&](int b0, int b1) {
-      for (int b = b0; b < b1; ++b) {
-        const int o0 = b * kPackedRows;
-        PackedBf16Dot(xb.data(), ldx, n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
-      }
+    for_blocks_in_turns([&](int b, int o0, int cols) {
+      PackedBf16Dot(xb.data(), ldx, n, kpad, w.block(b), y + o0, m, cols);
     });
     return;
   }
@@ -384,13 +388,8 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     std::copy(x + static_cast<size_t>(t) * k, x + static_cast<size_t>(t + 1) * k,
               &xp[static_cast<size_t>(t) * kpad]);
   const PackedBf16Fn kernel = ActiveKernels().packed_bf16;
-  // Blocks taken in turns, as in the AMX path above (a block is one kernel call either way).
-  ParallelForDynamic(w.blocks(), BlocksPerTurn(w.blocks(), 1), [&](int b0, int b1) {
-    for (int b = b0; b < b1; ++b) {
-      const int o0 = b * kPackedRows;
-      kernel(xp.data(), n, kpad, w.block(b), y + o0, m, std::min(kPackedRows, m - o0));
-    }
-  });
+  for_blocks_in_turns(
+      [&](int b, int o0, int cols) { kernel(xp.data(), n, kpad, w.block(b), y + o0, m, cols); });
 }
 
 void GemmNTSerial(const float* x, int ldx, int n, const float* w, int ldw, int m, int k, float* y, int ldy) {

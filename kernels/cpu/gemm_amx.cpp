@@ -15,6 +15,7 @@
 
 #include "cpu/amx_tile_config.h"
 #include "cpu/dtype.h"
+#include "cpu/env_switch.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -312,8 +313,7 @@ bool AmxBf16Usable() {
 }
 
 bool AmxAllowedByEnvironment() {
-  const char* env = std::getenv("TPSERVE_AMX");
-  return env == nullptr || std::strcmp(env, "0") != 0;
+  return EnvSwitchOn("TPSERVE_AMX");
 }
 
 bool AmxInt8Usable() {

@@ -4,8 +4,9 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <utility>
+
+#include "cpu/env_switch.h"
 
 namespace tpserve::kernels {
 namespace {
@@ -19,10 +20,7 @@ size_t RoundUp(size_t n, size_t to) {
 }  // namespace
 
 bool LargeBuffer::HugePagesRequested() {
-  static const bool on = [] {
-    const char* env = std::getenv("TPSERVE_HUGE_PAGES");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool on = EnvSwitchOn("TPSERVE_HUGE_PAGES");
   return on;
 }
 

@@ -135,6 +135,15 @@ Result<int64_t> AgreeKvCacheBlocks(const ServeFlags& f, Job& job, int context) {
   return blocks;
 }
 
+// Every rank confirms the shutdown, so rank 0 never logs "cleanly" for a job whose other rank died
+// (mpirun then ends rank 0 while it waits here, and exits non-zero naming the dead rank).
+void ConfirmShutdown(Communicator& tp) {
+  if (Status done = tp.Barrier().WithContext("the shutdown"); !done.ok()) {
+    log::Error("shutdown: {}", done.message());
+    MpiEnv::Abort(1);
+  }
+}
+
 int Serve(const ServeFlags& f, int argc, char** argv) {
   Job job;
   if (int rc = StartJob(f.job, argc, argv, &job); rc != 0) return rc;
@@ -172,10 +181,7 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
       log::Error("engine loop failed: {}", st.message());
       MpiEnv::Abort(1);
     }
-    if (Status done = job.tp->Barrier().WithContext("the shutdown"); !done.ok()) {  // rank 0 waits for this
-      log::Error("shutdown: {}", done.message());
-      MpiEnv::Abort(1);
-    }
+    ConfirmShutdown(*job.tp);  // rank 0 waits for this
     return 0;
   }
   log::Info("serving {} on {}:{} (tp={}, context {}, isa {}, bf16 batches {})", f.job.load.model_path,
@@ -187,12 +193,7 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
     MpiEnv::Abort(1);
   }
   gateway->Shutdown();
-  // Every rank confirms the shutdown, so "cleanly" is never logged for a job whose other rank died
-  // (mpirun then ends rank 0 while it waits here, and exits non-zero naming the dead rank).
-  if (Status done = job.tp->Barrier().WithContext("the shutdown"); !done.ok()) {
-    log::Error("shutdown: {}", done.message());
-    MpiEnv::Abort(1);
-  }
+  ConfirmShutdown(*job.tp);
   log::Info("shut down cleanly");
   return 0;
 }

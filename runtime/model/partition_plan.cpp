@@ -88,23 +88,22 @@ Status CheckTiling(const std::string& where, const std::string& tensor, const st
 }
 
 // The `model:` block of a plan: each key with the model's value, as PlanToYaml writes them.
-const std::vector<std::string>& PlanModelKeys() {
-  static const std::vector<std::string> keys = {
-      "model_type",          "num_hidden_layers", "hidden_size", "num_attention_heads",
-      "num_key_value_heads", "intermediate_size", "vocab_size"};
-  return keys;
-}
 std::vector<std::pair<std::string, std::string>> ModelSummary(const ModelConfig& c) {
-  const std::vector<std::string> values = {c.model_type,
-                                           std::to_string(c.num_hidden_layers),
-                                           std::to_string(c.hidden_size),
-                                           std::to_string(c.num_attention_heads),
-                                           std::to_string(c.num_key_value_heads),
-                                           std::to_string(c.intermediate_size),
-                                           std::to_string(c.vocab_size)};
-  std::vector<std::pair<std::string, std::string>> out;
-  for (size_t i = 0; i < values.size(); ++i) out.emplace_back(PlanModelKeys()[i], values[i]);
-  return out;
+  return {{"model_type", c.model_type},
+          {"num_hidden_layers", std::to_string(c.num_hidden_layers)},
+          {"hidden_size", std::to_string(c.hidden_size)},
+          {"num_attention_heads", std::to_string(c.num_attention_heads)},
+          {"num_key_value_heads", std::to_string(c.num_key_value_heads)},
+          {"intermediate_size", std::to_string(c.intermediate_size)},
+          {"vocab_size", std::to_string(c.vocab_size)}};
+}
+const std::vector<std::string>& PlanModelKeys() {
+  static const std::vector<std::string> keys = [] {
+    std::vector<std::string> out;
+    for (const auto& kv : ModelSummary(ModelConfig{})) out.push_back(kv.first);
+    return out;
+  }();
+  return keys;
 }
 
 // Keys outside `known`, named with the list of known ones (a misspelt key would otherwise be
