@@ -9,14 +9,19 @@ namespace tpserve::kernels {
 namespace {
 
 // How far ahead each weight stream is prefetched (the hardware prefetcher stops at every 4 KB
-// page), and how many streams a call reads side by side (perf/matvec_bench on this VM: one
-// stream reads ~13 GB/s per core, 4-8 with prefetch ~20, as perf/membw's four-stream probe).
-constexpr int kPrefetchBytes = 2048;
+// page), and how many streams a call reads side by side: one stream alone does not keep enough
+// cache misses outstanding, and too many thrash the prefetchers. On the Zen 5 VM, reading the
+// bench-1b matrices against a plain four-stream read of the same bytes in the same run (2 threads,
+// 20 interleaved rounds), 3 streams 1.5 KB ahead reached 0.95-1.01 of it, 4 streams 0.85-0.89,
+// 8 streams 2 KB ahead 0.73-0.79, and 2 streams ~0.81; skewing the streams off power-of-two
+// offsets changed nothing, so it is their number that counts.
+constexpr int kPrefetchBytes = 1536;
+constexpr int kStreams = 3;
 
 // R activation rows against one block: R x 64 f32 sums in registers, one pass over the block.
-// The block's pairs are read as S equal segments side by side (S weight streams in flight: one
-// stream alone does not keep enough cache misses outstanding), all adding into the same sums.
-template <int R, int S>
+// The block's pairs are read as kStreams equal segments side by side, all adding into the same
+// sums.
+template <int R>
 void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
   __m512 acc[R][4];
   for (int r = 0; r < R; ++r) {
@@ -40,11 +45,11 @@ void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ld
         acc[r][j] = _mm512_fmadd_ps(x1, odd[j], _mm512_fmadd_ps(x0, even[j], acc[r][j]));
     }
   };
-  const int pairs = kpad / 2, seg = pairs / S;
+  const int pairs = kpad / 2, seg = pairs / kStreams;
   for (int p = 0; p < seg; ++p) {
-    for (int g = 0; g < S; ++g) step(g * seg + p);
+    for (int g = 0; g < kStreams; ++g) step(g * seg + p);
   }
-  for (int p = S * seg; p < pairs; ++p) step(p);
+  for (int p = kStreams * seg; p < pairs; ++p) step(p);
   for (int r = 0; r < R; ++r) {
     float* yr = y + static_cast<size_t>(r) * ldy;
     for (int j = 0; j < 4; ++j) {
@@ -62,18 +67,17 @@ void BlockRows(const float* x, int kpad, const uint16_t* block, float* y, int ld
 void PackedBf16Avx512(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols) {
   int r = 0;
   for (; r + 4 <= n; r += 4) {
-    BlockRows<4, 4>(x + static_cast<size_t>(r) * kpad, kpad, block, y + static_cast<size_t>(r) * ldy, ldy,
-                    cols);
+    BlockRows<4>(x + static_cast<size_t>(r) * kpad, kpad, block, y + static_cast<size_t>(r) * ldy, ldy, cols);
   }
   const float* xr = x + static_cast<size_t>(r) * kpad;
   float* yr = y + static_cast<size_t>(r) * ldy;
   switch (n - r) {
     case 3:
-      return BlockRows<3, 4>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<3>(xr, kpad, block, yr, ldy, cols);
     case 2:
-      return BlockRows<2, 4>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<2>(xr, kpad, block, yr, ldy, cols);
     case 1:
-      return BlockRows<1, 8>(xr, kpad, block, yr, ldy, cols);
+      return BlockRows<1>(xr, kpad, block, yr, ldy, cols);
     default:
       return;
   }

@@ -43,8 +43,11 @@ using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
 // a fixed distance ahead in memory. Callers give each of the kRowsI8 streams its own run of
 // consecutive rows (row_stride = run length x k), so a stream is long and its prefetches land in
 // its next row: int8 rows are short (2 KB for k = 2048), and eight streams of one row each ended
-// before the memory system reached full speed (~12 against ~19 GB/s per core).
-inline constexpr int kRowsI8 = 8;
+// before the memory system reached full speed (~12 against ~19 GB/s per core). Four streams, not
+// eight: on the Zen 5 VM (2 threads, perf/matvec_bench, alternated builds) eight read at 0.73-0.80
+// of the packed bf16 kernel's rate, three or four at 0.85-1.10 (as the packed kernel, whose
+// stream count is explained in dot_avx512_packed.cpp).
+inline constexpr int kRowsI8 = 4;
 using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 // Batches (several activation rows): out[t * kI8BatchRows + j] = dot_i8(x + t * x_stride, w + j *
 // row_stride) for kI8BatchRows activation rows and as many weight rows, each weight widened once
