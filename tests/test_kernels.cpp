@@ -126,7 +126,10 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
     for (DType dt : kFloatDTypes) {
       for (int k : {1, 15, 16, 17, 33, 64, 100, 1001}) {
-        const int m = 53;  // over three grains of 16 rows: 2 and 3 threads really split them
+        // Over three grains of 16 rows (the dot4 path's split) and three turns of 64 (the rows4
+        // path's, below 4 activation rows; the last turn's 11 rows are 2 rows per stream and 3
+        // single dots): 2 and 3 threads really split them.
+        const int m = 203;
         const std::vector<float> x = Random(9 * k, 21 + k);
         Weights w = MakeWeights(Random(m * k, 22 + k), dt, k);
         const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(dt);
@@ -222,14 +225,15 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 }
 
 // int8 MatmulNT: the same bits for every ISA, batch size and thread count. Below 4 rows (and on
-// AVX2) the row streams: at 1 thread 53 rows are kRowsI8 runs of 6 rows and a remainder of 5, 19
-// rows runs of 2, 5 rows (and at 2 threads the halves of 19) too few for one run; k = 2100 makes
-// each row longer than the 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel (tails:
+// AVX2) the row streams: the threads take turns of 64 rows or more, each split into kRowsI8 runs
+// and a remainder (5 rows: runs of 1 and a remainder of 1; 203 rows: three turns of 64 and one of
+// 11, which 2 threads share); k = 2100 makes each row longer than the 2 KB prefetch distance.
+// From 4 rows the AVX-512 batch kernel (tails:
 // k 203 and 2100), or, for k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight tiles
 // (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33 activation rows
 // more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
-  for (const int m : {5, 19, 53, 64, 70}) {
+  for (const int m : {5, 19, 53, 64, 70, 203}) {
     for (const int k : {203, 256, 2100, 2112}) {
       const std::vector<float> x = Random(33 * k, 41, 2.0f);
       Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);

@@ -53,6 +53,12 @@ const CpuKernelTable& ActiveKernels() {
 
 namespace {
 
+// Weight rows per turn when the pool's threads take a matrix's rows in turns (ParallelForDynamic):
+// about an eighth of a thread's share, a multiple of 16, and at least 16 rows per stream.
+int RowsPerTurn(int rows, int streams) {
+  return std::max(16 * streams, rows / (8 * NumThreads()) / 16 * 16);
+}
+
 void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w, int m, int k, float* y,
                 const float* row_scales) {
   std::vector<int16_t> xq(static_cast<size_t>(n) * k);
@@ -76,8 +82,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   // slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
   // 1.03-1.15x faster in all 8.) Every output is one exact integer dot product, so the split
   // never changes a result.
-  const int turn = std::max(16 * kRowsI8, (m - m0) / (8 * NumThreads()) / 16 * 16);
-  ParallelForDynamic(m - m0, turn, [&](int o_begin, int o_end) {
+  ParallelForDynamic(m - m0, RowsPerTurn(m - m0, kRowsI8), [&](int o_begin, int o_end) {
     o_begin += m0, o_end += m0;
     int o = o_begin;
     if (batch) {
@@ -132,19 +137,31 @@ void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DT
   const Dot4Fn dot4 = kt.dot4[static_cast<int>(wt)];
   const size_t row_bytes = static_cast<size_t>(k) * DTypeSize(wt);
   const char* wb = static_cast<const char*>(w);
-  // Threads split the weight rows: each reads its own part of w once.
   const Rows4Fn rows4 = kt.rows4[static_cast<int>(wt)];
-  ParallelFor(m, 16, [&](int o_begin, int o_end) {
-    int o = o_begin;
-    if (n < 4 && rows4 != nullptr) {  // few activation rows: stream four weight rows at once
-      for (; o + 4 <= o_end; o += 4) {
+  if (n < 4 && rows4 != nullptr) {
+    // Few activation rows: four weight streams at once, each over its own run of consecutive rows
+    // (as int8's above, see Rows4Fn), the threads taking the rows in turns.
+    ParallelForDynamic(m, RowsPerTurn(m, 4), [&](int o_begin, int o_end) {
+      const int run = (o_end - o_begin) / 4;
+      for (int r = 0; r < run; ++r) {
         for (int t = 0; t < n; ++t) {
           float out[4];
-          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o) * row_bytes, row_bytes, k, out);
-          for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t) * m + o + j] = out[j];
+          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o_begin + r) * row_bytes,
+                run * row_bytes, k, out);
+          for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t) * m + o_begin + r + j * run] = out[j];
         }
       }
-    }
+      for (int o = o_begin + 4 * run; o < o_end; ++o) {
+        for (int t = 0; t < n; ++t)
+          y[static_cast<size_t>(t) * m + o] =
+              dot(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o) * row_bytes, k);
+      }
+    });
+    return;
+  }
+  // Threads split the weight rows: each reads its own part of w once.
+  ParallelFor(m, 16, [&](int o_begin, int o_end) {
+    int o = o_begin;
     for (; o < o_end; ++o) {
       const void* row = wb + static_cast<size_t>(o) * row_bytes;
       int t = 0;

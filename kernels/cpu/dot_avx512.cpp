@@ -9,6 +9,9 @@ namespace tpserve::kernels {
 namespace {
 
 constexpr int kCacheLine = 64;
+// How far ahead Rows4Impl prefetches each weight stream (the hardware prefetcher stops at every
+// 4 KB page).
+constexpr int kRowsPrefetchBytes = 2048;
 
 inline __m512 LoadF32(const float* p, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, p);
@@ -73,14 +76,13 @@ void Dot4Impl(const float* const* x, const void* wv, int k, float* out, const vo
 
 // One activation row against four weight rows (batch-1 decode): four independent weight streams
 // keep more memory requests in flight, and each activation chunk is loaded once for the four.
-// Each step also prefetches the same chunk of the four rows after these (see Rows4Fn). Per row,
-// the chunking and summation order are exactly DotImpl's (bitwise equal results).
+// Each step also prefetches each stream kRowsPrefetchBytes ahead (see Rows4Fn). Per row, the
+// chunking and summation order are exactly DotImpl's (bitwise equal results).
 template <typename T, __m512 (*Load)(const T*, __mmask16)>
-void Rows4Impl(const float* x, const void* wv, size_t row_bytes, int k, float* out) {
+void Rows4Impl(const float* x, const void* wv, size_t row_stride, int k, float* out) {
   const char* base = static_cast<const char*>(wv);
   const T* w[4];
-  for (int j = 0; j < 4; ++j) w[j] = reinterpret_cast<const T*>(base + j * row_bytes);
-  const char* next = base + 4 * row_bytes;
+  for (int j = 0; j < 4; ++j) w[j] = reinterpret_cast<const T*>(base + j * row_stride);
   constexpr __mmask16 kAll = 0xffff;
   constexpr int kStepBytes = 32 * sizeof(T);
   __m512 a0[4], a1[4];
@@ -90,7 +92,7 @@ void Rows4Impl(const float* x, const void* wv, size_t row_bytes, int k, float* o
     const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
     for (int j = 0; j < 4; ++j) {
       for (int b = 0; b < kStepBytes; b += kCacheLine) {
-        _mm_prefetch(next + j * row_bytes + i * sizeof(T) + b, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + kRowsPrefetchBytes + b, _MM_HINT_T0);
       }
       a0[j] = _mm512_fmadd_ps(x0, Load(w[j] + i, kAll), a0[j]);
       a1[j] = _mm512_fmadd_ps(x1, Load(w[j] + i + 16, kAll), a1[j]);

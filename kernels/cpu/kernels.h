@@ -30,11 +30,12 @@ using DotFn = float (*)(const float* x, const void* w, int k);
 // dot(x[j], w): batching never changes a token's result.
 using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out, const void* next);
 
-// out[j] = dot(x, w + j * row_bytes) for one activation row against 4 weight rows at a fixed
-// stride (batch-1 decode: four weight streams in flight). While it reads them it prefetches the
-// 4 rows that follow, so the next call finds them on their way (short rows end before the
-// hardware prefetcher catches up). Each out[j] is bitwise equal to dot(x, row j).
-using Rows4Fn = void (*)(const float* x, const void* w, size_t row_bytes, int k, float* out);
+// out[j] = dot(x, w + j * row_stride) for one activation row against 4 weight rows at a fixed
+// stride (batch-1 decode: four weight streams in flight), each prefetched a fixed distance ahead
+// in memory. As for RowsI8Fn, callers give each stream its own run of consecutive rows (row_stride
+// = run length x row bytes), so the prefetches land in the stream's next row. Each out[j] is
+// bitwise equal to dot(x, row j).
+using Rows4Fn = void (*)(const float* x, const void* w, size_t row_stride, int k, float* out);
 
 // int8 weights meet activations quantized to int16 (one scale per activation row): the dot
 // product is an exact integer, so every ISA path and every batch/thread split gives the same bits.
