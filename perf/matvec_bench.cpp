@@ -6,9 +6,17 @@
 // Reports GB/s of weights per format, overall and per projection (best of --passes); compare with
 // perf/membw at the same thread count, run right before or after (this VM drifts by ±10 % within
 // minutes). --rows N multiplies N activation rows at once (batched decode) through the engine's
-// matmul policy (the GEMM from kGemmMinRows rows on).
-//   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6] [--preset bench-1b]   -> JSON on stdout
+// matmul policy (the GEMM from kGemmMinRows rows on). --against-read also times, after each
+// pass of matmuls, a plain read of the same weight bytes (four streams per thread prefetched
+// 1 KB ahead, as perf/membw's fastest pattern on the Zen 5 VM; the threads take 256 KB pieces in
+// turns), and reports per format the median over the passes of read time / matmul time: 1.0 is
+// a kernel that reads its weights as fast as nothing but loads would, in the same phase of the VM.
+//   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6] [--preset bench-1b] [--against-read]
+//   -> JSON on stdout
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -66,13 +74,58 @@ void Fill(void* p, size_t elems, DType dt) {
   }
 }
 
+// Sums n floats as four side-by-side quarters, each prefetched 1 KB ahead (a plain read).
+__attribute__((target("avx512f"))) float ReadFourStreams(const float* p, size_t n) {
+  const size_t q = n / 4 / 16 * 16;
+  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (size_t i = 0; i < q; i += 16) {
+    for (int s = 0; s < 4; ++s) {
+      const float* at = p + s * q + i;
+      _mm_prefetch(reinterpret_cast<const char*>(at) + 1024, _MM_HINT_T0);
+      a[s] = _mm512_add_ps(a[s], _mm512_loadu_ps(at));
+    }
+  }
+  float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+  for (size_t i = 4 * q; i < n; ++i) sum += p[i];
+  return sum;
+}
+float ReadPlain(const float* p, size_t n) {
+  float s[8] = {};
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) s[j] += p[i + j];
+  }
+  return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+}
+
+// Reads `bytes` at p with the pool's threads, 256 KB pieces taken in turns.
+float ReadAll(const void* p, size_t bytes) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  constexpr size_t kPiece = 256 << 10;
+  const int pieces = static_cast<int>((bytes + kPiece - 1) / kPiece);
+  std::atomic<float> total{0.0f};
+  tpserve::kernels::ParallelForDynamic(pieces, 1, [&](int b0, int b1) {
+    const size_t begin = b0 * kPiece, end = std::min(bytes, b1 * kPiece);
+    const float* f = reinterpret_cast<const float*>(static_cast<const char*>(p) + begin);
+    const size_t n = (end - begin) / sizeof(float);
+    total.fetch_add(avx512 ? ReadFourStreams(f, n) : ReadPlain(f, n), std::memory_order_relaxed);
+  });
+  return total.load();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 1, tp = 1, passes = 6, rows = 1;
   std::string preset = "bench-1b";
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool against_read = false;
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (a == "--against-read") {
+      against_read = true;
+      --i;  // a flag without a value
+      continue;
+    }
+    if (i + 1 >= argc) break;
     if (a == "--preset") preset = argv[i + 1];
     if (a == "--threads") threads = std::atoi(argv[i + 1]);
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
@@ -112,6 +165,7 @@ int main(int argc, char** argv) {
     };
     std::vector<Matrix> weights;
     std::vector<float> scales(16384, 0.01f);
+    volatile float sink = 0;  // keeps the reads
     for (int l = 0; l < layers; ++l) {
       for (const Projection& s : shapes) {
         const size_t elems = static_cast<size_t>(s.rows) * s.cols;
@@ -136,6 +190,7 @@ int main(int argc, char** argv) {
     double best = 1e30;
     size_t total = 0;
     for (const Matrix& m : weights) total += m.bytes;
+    std::vector<double> read_over_matmul;  // --against-read: per pass
     for (int p = 0; p < passes; ++p) {
       std::vector<double> per(shapes.size(), 0.0);
       const auto t0 = std::chrono::steady_clock::now();
@@ -153,9 +208,22 @@ int main(int argc, char** argv) {
       const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       best = std::min(best, t);
       for (size_t j = 0; j < shapes.size(); ++j) best_per[j] = std::min(best_per[j], per[j]);
+      if (against_read) {
+        const auto r0 = std::chrono::steady_clock::now();
+        for (const Matrix& m : weights) {
+          sink = sink + (m.packed ? ReadAll(m.packed->block(0), m.packed->bytes()) : ReadAll(m.w, m.bytes));
+        }
+        read_over_matmul.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count() / t);
+      }
     }
     nlohmann::json r = {
         {"dtype", format}, {"bytes", total}, {"gb_per_s", static_cast<double>(total) / best / 1e9}};
+    if (against_read) {
+      std::sort(read_over_matmul.begin(), read_over_matmul.end());
+      r["read_time_over_matmul_time_median"] = read_over_matmul[read_over_matmul.size() / 2];
+      r["read_time_over_matmul_time"] = read_over_matmul;
+    }
     for (size_t j = 0; j < shapes.size(); ++j) {
       r["per_projection_gb_per_s"][shapes[j].name] =
           static_cast<double>(weights[j].bytes) * layers / best_per[j] / 1e9;

@@ -3,12 +3,13 @@
 // than the caches with AVX-512 (or AVX2) loads; the best of several passes is reported. Three read
 // patterns are timed, and the fastest is the figure: one stream per thread, and four streams per
 // thread (the thread's part in four quarters read side by side) with software prefetch 2 KB or
-// 1 KB ahead, as the decode kernels read their weights. On the Xeon VM four streams read up to
-// ~1.3x faster than one; on the Zen 5 VM the 1 KB distance read 5-8 % faster than 2 KB (medians of
-// 10-20 interleaved passes).
+// 1 KB ahead, a few prefetched streams as the decode kernels read their weights. On the Xeon VM
+// four streams read up to ~1.3x faster than one; on the Zen 5 VM the 1 KB distance read 2-8 %
+// faster than 2 KB (medians of 8-20 interleaved passes).
 //   membw --threads N [--mib 2048] [--passes 5]   -> one JSON line {"threads","gb_per_s",...}
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
