@@ -126,9 +126,9 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
     const CpuKernelTable& kt = *KernelsForIsa(isa);
     for (DType dt : kFloatDTypes) {
       for (int k : {1, 15, 16, 17, 33, 64, 100, 1001}) {
-        // Over three grains of 16 rows (the dot4 path's split) and three turns of 64 (the rows4
-        // path's, below 4 activation rows; the last turn's 11 rows are 2 rows per stream and 3
-        // single dots): 2 and 3 threads really split them.
+        // From 4 activation rows (dot4) 2 and 3 threads split the rows at grains of 16. Below
+        // (rows4), at 2 and 3 threads the rows go in turns: three of 64 (runs of 16 per stream)
+        // and one of 11 (runs of 2 and 3 single dots); at 1 thread one call (runs of 50 and 3).
         const int m = 203;
         const std::vector<float> x = Random(9 * k, 21 + k);
         Weights w = MakeWeights(Random(m * k, 22 + k), dt, k);
@@ -224,14 +224,13 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   }
 }
 
-// int8 MatmulNT: the same bits for every ISA, batch size and thread count. Below 4 rows (and on
-// AVX2) the row streams: the threads take turns of 64 rows or more, each split into kRowsI8 runs
-// and a remainder (5 rows: runs of 1 and a remainder of 1; 203 rows: three turns of 64 and one of
-// 11, which 2 threads share); k = 2100 makes each row longer than the 2 KB prefetch distance.
-// From 4 rows the AVX-512 batch kernel (tails:
-// k 203 and 2100), or, for k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight tiles
-// (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33 activation rows
-// more than one tile).
+// int8 MatmulNT: the same bits for every ISA, batch size and thread count. Below 4 rows the
+// AVX-512 row streams (AVX2 and portable: single dots): the threads take turns of 64 rows or
+// more, each split into kRowsI8 runs and a remainder (5 rows: runs of 1 and a remainder of 1;
+// 203 rows at 2 threads: turns of 64, 64, 64 and 11); k = 2100 makes each row longer than the
+// 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel (tails: k 203 and 2100), or, for
+// k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight tiles (m 53 and 70: one and
+// two pairs with rows left over, 64: two and none; 17 and 33 activation rows more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
   for (const int m : {5, 19, 53, 64, 70, 203}) {
     for (const int k : {203, 256, 2100, 2112}) {

@@ -77,9 +77,8 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   }
   if (m0 == m) return;
   const bool batch = n >= kI8BatchRows && kt.rows_i8_batch != nullptr;
-  // The threads take the rows in turns of about an eighth of their share (at least 128 rows, a
-  // multiple of 16), as the packed bf16 path takes its blocks: a fixed half each waits for the
-  // slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
+  // The threads take the rows in turns (RowsPerTurn) rather than a fixed half each, which waits
+  // for the slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
   // 1.03-1.15x faster in all 8.) Every output is one exact integer dot product, so the split
   // never changes a result.
   ParallelForDynamic(m - m0, RowsPerTurn(m - m0, kRowsI8), [&](int o_begin, int o_end) {
@@ -139,19 +138,20 @@ void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DT
   const char* wb = static_cast<const char*>(w);
   const Rows4Fn rows4 = kt.rows4[static_cast<int>(wt)];
   if (n < 4 && rows4 != nullptr) {
-    // Few activation rows: four weight streams at once, each over its own run of consecutive rows
-    // (as int8's above, see Rows4Fn), the threads taking the rows in turns.
-    ParallelForDynamic(m, RowsPerTurn(m, 4), [&](int o_begin, int o_end) {
-      const int run = (o_end - o_begin) / 4;
+    // Few activation rows: kRows4 weight streams at once, each over its own run of consecutive
+    // rows (as int8's above, see Rows4Fn), the threads taking the rows in turns.
+    ParallelForDynamic(m, RowsPerTurn(m, kRows4), [&](int o_begin, int o_end) {
+      const int run = (o_end - o_begin) / kRows4;
+      const size_t stride = static_cast<size_t>(run) * row_bytes;
       for (int r = 0; r < run; ++r) {
         for (int t = 0; t < n; ++t) {
-          float out[4];
-          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o_begin + r) * row_bytes,
-                run * row_bytes, k, out);
-          for (int j = 0; j < 4; ++j) y[static_cast<size_t>(t) * m + o_begin + r + j * run] = out[j];
+          float out[kRows4];
+          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o_begin + r) * row_bytes, stride, k,
+                out);
+          for (int j = 0; j < kRows4; ++j) y[static_cast<size_t>(t) * m + o_begin + r + j * run] = out[j];
         }
       }
-      for (int o = o_begin + 4 * run; o < o_end; ++o) {
+      for (int o = o_begin + kRows4 * run; o < o_end; ++o) {
         for (int t = 0; t < n; ++t)
           y[static_cast<size_t>(t) * m + o] =
               dot(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o) * row_bytes, k);

@@ -10,7 +10,7 @@ namespace {
 
 constexpr int kCacheLine = 64;
 // How far ahead Rows4Impl prefetches each weight stream (the hardware prefetcher stops at every
-// 4 KB page).
+// 4 KB page). On the Zen 5 VM 1 KB read as fast as 2 KB (f32, bench-1b shapes, 2 threads).
 constexpr int kRowsPrefetchBytes = 2048;
 
 inline __m512 LoadF32(const float* p, __mmask16 m) {

@@ -10,11 +10,11 @@ namespace {
 
 // How far ahead each weight stream is prefetched (the hardware prefetcher stops at every 4 KB
 // page), and how many streams a call reads side by side: one stream alone does not keep enough
-// cache misses outstanding, and too many thrash the prefetchers. On the Zen 5 VM, reading the
+// cache misses outstanding, and more than a few read slower. On the Zen 5 VM, reading the
 // bench-1b matrices against a plain four-stream read of the same bytes in the same run (2 threads,
-// 20 interleaved rounds), 3 streams 1.5 KB ahead reached 0.95-1.01 of it, 4 streams 0.85-0.89,
-// 8 streams 2 KB ahead 0.73-0.79, and 2 streams ~0.81; skewing the streams off power-of-two
-// offsets changed nothing, so it is their number that counts.
+// 20 interleaved rounds; docs/performance.md, thirteenth session), 3 streams 1.5 KB ahead reached
+// 0.91-1.01 of it, 4 streams 0.85-0.96, 8 streams 2 KB ahead 0.64-0.79 and 2 streams ~0.81;
+// skewing the streams off power-of-two offsets changed nothing, so it is their number that counts.
 constexpr int kPrefetchBytes = 1536;
 constexpr int kStreams = 3;
 

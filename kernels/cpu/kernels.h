@@ -30,11 +30,12 @@ using DotFn = float (*)(const float* x, const void* w, int k);
 // dot(x[j], w): batching never changes a token's result.
 using Dot4Fn = void (*)(const float* const* x, const void* w, int k, float* out, const void* next);
 
-// out[j] = dot(x, w + j * row_stride) for one activation row against 4 weight rows at a fixed
+// out[j] = dot(x, w + j * row_stride) for one activation row against kRows4 weight rows at a fixed
 // stride (batch-1 decode: four weight streams in flight), each prefetched a fixed distance ahead
 // in memory. As for RowsI8Fn, callers give each stream its own run of consecutive rows (row_stride
 // = run length x row bytes), so the prefetches land in the stream's next row. Each out[j] is
 // bitwise equal to dot(x, row j).
+inline constexpr int kRows4 = 4;
 using Rows4Fn = void (*)(const float* x, const void* w, size_t row_stride, int k, float* out);
 
 // int8 weights meet activations quantized to int16 (one scale per activation row): the dot
@@ -172,7 +173,7 @@ const CpuKernelTable* KernelsForIsa(const std::string& isa);
 // y(n, m) = x(n, k) * w(m, k)^T with w in dtype wt. Row-major, dense. Weight-stationary: each
 // weight row is read once for all n rows (4 at a time through dot4, or 4 weight rows at a time
 // through rows4 when n < 4), and every y element is bitwise what a batch of one would give, at
-// any thread count (threads split the weight rows). int8 weights need row_scales (m floats):
+// any thread count (the threads take the weight rows in turns). int8 weights need row_scales (m floats):
 // y = row_scale * x_scale * (exact integer dot of the int16-quantized x row with the int8 row).
 void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DType wt, int m, int k,
               float* y, const float* row_scales = nullptr);

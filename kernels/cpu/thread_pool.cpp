@@ -121,8 +121,8 @@ void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn) 
     if (total > 0) fn(0, total);
     return;
   }
-  // Chunk edges fall on multiples of grain, so a kernel that takes rows in groups (4 or 8 weight
-  // rows) never sees a group cut between two threads.
+  // Chunk edges fall on multiples of grain, so a kernel that takes rows in groups (of 4 weight
+  // rows, say) never sees a group cut between two threads.
   const int64_t units = (static_cast<int64_t>(total) + grain - 1) / grain;
   auto edge = [&](int c) { return static_cast<int>(std::min<int64_t>(total, units * c / chunks * grain)); };
   g_pool->Run(chunks, [&](int c) {

@@ -25,7 +25,7 @@ void ParallelFor(int total, int grain, const std::function<void(int, int)>& fn);
 // the threads take in turn until none is left (one inline call fn(0, total) when one thread or
 // one chunk suffices): a thread slowed down (a busy SMT sibling, the hypervisor) does fewer of
 // them instead of holding the others up at the end. For loops over many independent pieces
-// (weight blocks, attention heads); results are the same as ParallelFor's where fn's work per
+// (weight blocks and rows, attention heads); results are the same as ParallelFor's where fn's work per
 // item does not depend on the chunk. Not reentrant.
 void ParallelForDynamic(int total, int chunk, const std::function<void(int, int)>& fn);
 
