@@ -13,8 +13,6 @@
 // a kernel that reads its weights as fast as nothing but loads would, in the same phase of the VM.
 //   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6] [--preset bench-1b] [--against-read]
 //   -> JSON on stdout
-#include <immintrin.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -32,6 +30,7 @@
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_pool.h"
+#include "plain_read.h"
 
 namespace {
 
@@ -74,29 +73,6 @@ void Fill(void* p, size_t elems, DType dt) {
   }
 }
 
-// Sums n floats as four side-by-side quarters, each prefetched 1 KB ahead (a plain read).
-__attribute__((target("avx512f"))) float ReadFourStreams(const float* p, size_t n) {
-  const size_t q = n / 4 / 16 * 16;
-  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (size_t i = 0; i < q; i += 16) {
-    for (int s = 0; s < 4; ++s) {
-      const float* at = p + s * q + i;
-      _mm_prefetch(reinterpret_cast<const char*>(at) + 1024, _MM_HINT_T0);
-      a[s] = _mm512_add_ps(a[s], _mm512_loadu_ps(at));
-    }
-  }
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-  for (size_t i = 4 * q; i < n; ++i) sum += p[i];
-  return sum;
-}
-float ReadPlain(const float* p, size_t n) {
-  float s[8] = {};
-  for (size_t i = 0; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) s[j] += p[i + j];
-  }
-  return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-}
-
 // Reads `bytes` at p with the pool's threads, 256 KB pieces taken in turns.
 float ReadAll(const void* p, size_t bytes) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
@@ -107,7 +83,8 @@ float ReadAll(const void* p, size_t bytes) {
     const size_t begin = b0 * kPiece, end = std::min(bytes, b1 * kPiece);
     const float* f = reinterpret_cast<const float*>(static_cast<const char*>(p) + begin);
     const size_t n = (end - begin) / sizeof(float);
-    total.fetch_add(avx512 ? ReadFourStreams(f, n) : ReadPlain(f, n), std::memory_order_relaxed);
+    total.fetch_add(avx512 ? tpserve::perf::SumFourStreams<1024>(f, n) : tpserve::perf::SumPlain(f, n),
+                    std::memory_order_relaxed);
   });
   return total.load();
 }

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cpu/thread_pool.h"
+#include "plain_read.h"
 
 namespace {
 
@@ -32,28 +33,6 @@ __attribute__((target("avx512f"))) float SumAvx512(const float* p, size_t n) {
     a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-// Four quarters of p read side by side, each prefetched kAhead bytes ahead.
-template <int kAhead>
-__attribute__((target("avx512f"))) float SumAvx512FourStreams(const float* p, size_t n) {
-  const size_t q = n / 4 / 16 * 16;
-  __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (size_t i = 0; i < q; i += 16) {
-    for (int s = 0; s < 4; ++s) {
-      const float* at = p + s * q + i;
-      _mm_prefetch(reinterpret_cast<const char*>(at) + kAhead, _MM_HINT_T0);
-      a[s] = _mm512_add_ps(a[s], _mm512_load_ps(at));
-    }
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-}
-float SumPlain(const float* p, size_t n) {
-  float s[8] = {};
-  for (size_t i = 0; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) s[j] += p[i + j];
-  }
-  return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
 }
 
 }  // namespace
@@ -90,9 +69,9 @@ int main(int argc, char** argv) {
     }
     return best;
   };
-  const double one = measure(avx512 ? SumAvx512 : SumPlain);
-  const double four = avx512 ? measure(SumAvx512FourStreams<2048>) : 0.0;
-  const double four_1k = avx512 ? measure(SumAvx512FourStreams<1024>) : 0.0;
+  const double one = measure(avx512 ? SumAvx512 : tpserve::perf::SumPlain);
+  const double four = avx512 ? measure(tpserve::perf::SumFourStreams<2048>) : 0.0;
+  const double four_1k = avx512 ? measure(tpserve::perf::SumFourStreams<1024>) : 0.0;
   std::cout << nlohmann::json{{"threads", threads},
                               {"mib", mib},
                               {"passes", passes},
