@@ -59,6 +59,16 @@ int RowsPerTurn(int rows, int streams) {
   return std::max(16 * streams, rows / (8 * NumThreads()) / 16 * 16);
 }
 
+// The rows [begin, end) of a turn as `streams` runs of consecutive rows read side by side (see
+// RowsI8Fn and Rows4Fn): group(first, run) for each position in the runs, covering the rows
+// first + j * run (j < streams). Returns where the rows left over (fewer than `streams`) begin.
+template <typename Group>
+int ForRowStreams(int begin, int end, int streams, const Group& group) {
+  const int run = (end - begin) / streams;
+  for (int r = 0; r < run; ++r) group(begin + r, run);
+  return begin + streams * run;
+}
+
 void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w, int m, int k, float* y,
                 const float* row_scales) {
   std::vector<int16_t> xq(static_cast<size_t>(n) * k);
@@ -106,18 +116,14 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
         }
       }
     } else if (kt.rows_i8 != nullptr) {
-      // kRowsI8 streams, each over its own run of `run` consecutive rows (see RowsI8Fn).
-      const int run = (o_end - o_begin) / kRowsI8;
-      const size_t stride = static_cast<size_t>(run) * k;
-      for (int r = 0; r < run; ++r) {
-        const int8_t* rows = w + static_cast<size_t>(o_begin + r) * k;
+      o = ForRowStreams(o_begin, o_end, kRowsI8, [&](int first, int run) {
         for (int t = 0; t < n; ++t) {
           int64_t out[kRowsI8];
-          kt.rows_i8(&xq[static_cast<size_t>(t) * k], rows, stride, k, out);
-          for (int j = 0; j < kRowsI8; ++j) store(t, o_begin + r + j * run, out[j]);
+          kt.rows_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(first) * k,
+                     static_cast<size_t>(run) * k, k, out);
+          for (int j = 0; j < kRowsI8; ++j) store(t, first + j * run, out[j]);
         }
-      }
-      o = o_begin + run * kRowsI8;
+      });
     }
     // The weight rows left over: one dot product each.
     for (; o < o_end; ++o) {
@@ -141,17 +147,15 @@ void MatmulNT(const CpuKernelTable& kt, const float* x, int n, const void* w, DT
     // Few activation rows: kRows4 weight streams at once, each over its own run of consecutive
     // rows (as int8's above, see Rows4Fn), the threads taking the rows in turns.
     ParallelForDynamic(m, RowsPerTurn(m, kRows4), [&](int o_begin, int o_end) {
-      const int run = (o_end - o_begin) / kRows4;
-      const size_t stride = static_cast<size_t>(run) * row_bytes;
-      for (int r = 0; r < run; ++r) {
+      const int rest = ForRowStreams(o_begin, o_end, kRows4, [&](int first, int run) {
         for (int t = 0; t < n; ++t) {
           float out[kRows4];
-          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o_begin + r) * row_bytes, stride, k,
-                out);
-          for (int j = 0; j < kRows4; ++j) y[static_cast<size_t>(t) * m + o_begin + r + j * run] = out[j];
+          rows4(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(first) * row_bytes,
+                static_cast<size_t>(run) * row_bytes, k, out);
+          for (int j = 0; j < kRows4; ++j) y[static_cast<size_t>(t) * m + first + j * run] = out[j];
         }
-      }
-      for (int o = o_begin + kRows4 * run; o < o_end; ++o) {
+      });
+      for (int o = rest; o < o_end; ++o) {
         for (int t = 0; t < n; ++t)
           y[static_cast<size_t>(t) * m + o] =
               dot(x + static_cast<size_t>(t) * k, wb + static_cast<size_t>(o) * row_bytes, k);
