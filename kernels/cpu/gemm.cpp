@@ -287,7 +287,7 @@ class KernelSwitch {
   bool (*usable_)();
   std::atomic<int> state_{-1};  // -1: not decided yet (on first use: the environment, the CPU)
 };
-constinit KernelSwitch g_amx_packed("TPSERVE_AMX", AmxBf16Usable);
+constinit KernelSwitch g_amx_packed(kAmxSwitch, AmxBf16Usable);
 constinit KernelSwitch g_dot_packed("TPSERVE_BF16_DOT", Bf16DotUsable);
 
 // Blocks per turn when the pool's threads take a matrix's blocks in turns (ParallelForDynamic):

@@ -313,7 +313,7 @@ bool AmxBf16Usable() {
 }
 
 bool AmxAllowedByEnvironment() {
-  return EnvSwitchOn("TPSERVE_AMX");
+  return EnvSwitchOn(kAmxSwitch);
 }
 
 bool AmxInt8Usable() {

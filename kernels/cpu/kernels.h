@@ -99,6 +99,7 @@ void PackedBf16Dot(const uint16_t* x, int ldx, int n, int kpad, const uint16_t* 
 inline constexpr int kAmxTileRows = 16;
 bool AmxBf16Usable();
 // False where the environment says TPSERVE_AMX=0 (A/B benchmarks): every AMX path then stays off.
+inline constexpr char kAmxSwitch[] = "TPSERVE_AMX";
 bool AmxAllowedByEnvironment();
 // int8 weights against int16 activations on AMX-INT8 (where AmxInt8Usable(): AMX-BF16's
 // conditions and AMX-INT8): each activation split into its high (signed) and low (unsigned) byte,
