@@ -133,12 +133,12 @@ fi
 
 # A serving job whose second rank dies: mpirun exits non-zero naming the rank, without a hang, and
 # rank 0 does not report a clean shutdown (it logs one only once every rank has confirmed it).
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 timeout 120 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" serve --model-path "$WORK/small" --port "$port" \
   >"$WORK/sout" 2>"$WORK/serr" &
 job=$!
-for _ in $(seq 1 300); do "$BIN/tpserve-cli" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
-gw=$("$BIN/tpserve-cli" --addr "127.0.0.1:$port" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
+wait_healthy --addr "127.0.0.1:$port" || true  # not up: no gateway pid, and the check below fails
+gw=$(gateway_pid --addr "127.0.0.1:$port")
 victim=""
 for p in $(pgrep -x tpserve); do  # the rank of this job that is not the gateway
   if [ "$p" != "$gw" ] && tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- "--port $port "; then victim=$p; fi

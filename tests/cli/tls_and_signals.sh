@@ -8,18 +8,13 @@ command -v openssl >/dev/null || { echo "skip: openssl not installed"; exit 0; }
 "$BIN/tpserve-mkmodel" --preset tiny --dtype bf16 --seed 2 --out "$WORK/tiny" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 1 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_healthy() {  # wait_healthy CLI-ARGS...: up to 30 s
-  for _ in $(seq 1 300); do "$BIN/tpserve-cli" "$@" health >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
-}
 # wait_exit PID SECONDS: the exit code of PID, or 124 if it is still running after SECONDS.
 wait_exit() {
   for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2>/dev/null || { wait "$1"; return $?; }; sleep 0.1; done
   return 124
 }
 
-P=$(port)
+P=$(free_port)
 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" serve --model-path "$WORK/tiny" --port "$P" --tls-cert "$WORK/cert.pem" \
   --tls-key "$WORK/key.pem" 2>"$WORK/tls.log" &
 srv=$!
@@ -51,12 +46,12 @@ PY
 else
   fail "TLS server never became healthy"; cat "$WORK/tls.log"
 fi
-gw=$("$BIN/tpserve-cli" --addr "localhost:$P" --tls-ca "$WORK/cert.pem" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9)
+gw=$(gateway_pid --addr "localhost:$P" --tls-ca "$WORK/cert.pem")
 kill -INT "$gw"
 rc=0; wait_exit $srv 30 || rc=$?
 [ "$rc" = 0 ] && pass "SIGINT to rank 0: every rank exited 0" || fail "SIGINT: exit $rc"
 
-P=$(port)
+P=$(free_port)
 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" serve --model-path "$WORK/tiny" --port "$P" 2>"$WORK/fwd.log" &
 srv=$!
 wait_healthy --addr "127.0.0.1:$P" || fail "server 2 never became healthy"
