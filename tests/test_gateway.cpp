@@ -256,24 +256,34 @@ TEST_F(Gateway, HealthServingAndReflectionListsTheService) {
 }
 
 TEST_F(Gateway, SigtermDrainsFinishesOrCancelsAndEveryRankExitsZero) {
-  ServerProcess server(small(), 2, {"--shutdown-timeout", "3"});
+  ServerProcess server(small(), 2, {"--shutdown-timeout", "2"});
   ASSERT_TRUE(server.ready()) << server.log();
-  Collected short_run, long_run;
-  std::thread a([&] { short_run = GenerateAll(server, GreedyRequest({1, 4}, 60)); });
-  std::thread b([&] { long_run = GenerateAll(server, GreedyRequest({1, 5}, 2000)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Fifteen long requests share every step with the short one. A batch of 16 rows makes a step
+  // several times slower than a lone sequence's, so a long request (2040 tokens) cannot finish in
+  // the grace period however fast the machine decodes, while the short one (40 tokens) still does.
+  constexpr int kLong = 15;
+  Collected short_run;
+  std::vector<Collected> long_runs(kLong);
+  std::vector<std::thread> clients;
+  clients.emplace_back([&] { short_run = GenerateAll(server, GreedyRequest({1, 4}, 40)); });
+  for (int i = 0; i < kLong; ++i) {
+    clients.emplace_back([&, i] { long_runs[i] = GenerateAll(server, GreedyRequest({1, 5 + i}, 2040)); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const auto t0 = std::chrono::steady_clock::now();
   const int rc = server.Terminate(20);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  a.join();
-  b.join();
+  for (auto& c : clients) c.join();
   EXPECT_EQ(rc, 0) << server.log();
-  EXPECT_LT(took, 3.0 + 5.0) << "grace period 3 s";
-  // The short request finishes inside the grace period; the long one gets a clean UNAVAILABLE.
+  EXPECT_LT(took, 2.0 + 5.0) << "grace period 2 s";
+  // The short request finishes inside the grace period; the long ones get a clean UNAVAILABLE.
   EXPECT_TRUE(short_run.status.ok()) << short_run.status.error_message();
-  EXPECT_EQ(short_run.ids.size(), 60u);
-  EXPECT_EQ(long_run.status.error_code(), grpc::StatusCode::UNAVAILABLE) << long_run.status.error_message();
-  EXPECT_NE(long_run.status.error_message().find("shutting down"), std::string::npos);
+  EXPECT_EQ(short_run.ids.size(), 40u);
+  for (const Collected& long_run : long_runs) {
+    EXPECT_EQ(long_run.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << long_run.status.error_message() << " after " << long_run.ids.size() << " tokens";
+    EXPECT_NE(long_run.status.error_message().find("shutting down"), std::string::npos);
+  }
   EXPECT_NE(server.log().find("shut down cleanly"), std::string::npos) << server.log();
 }
 
