@@ -12,6 +12,7 @@
 // turns), and reports per format the median over the passes of read time / matmul time: 1.0 is
 // a kernel that reads its weights as fast as nothing but loads would, in the same phase of the VM.
 //   matvec_bench --threads N [--tp T] [--rows 1] [--passes 6] [--preset bench-1b] [--against-read]
+//                [--formats f32,bf16,int8,bf16-packed]
 //   -> JSON on stdout
 #include <algorithm>
 #include <atomic>
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
   int threads = 1, tp = 1, passes = 6, rows = 1;
   std::string preset = "bench-1b";
   bool against_read = false;
+  std::string formats = "f32,bf16,int8,bf16-packed";
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--against-read") {
@@ -108,6 +110,7 @@ int main(int argc, char** argv) {
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
     if (a == "--passes") passes = std::atoi(argv[i + 1]);
     if (a == "--rows") rows = std::atoi(argv[i + 1]);
+    if (a == "--formats") formats = argv[i + 1];
   }
   if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4) ||
       (preset != "bench-1b" && preset != "small")) {
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
   // bf16-packed: bf16 weights packed once for the GEMM kernels (the engine's default where the
   // CPU allows; skipped elsewhere).
   for (const std::string format : {"f32", "bf16", "int8", "bf16-packed"}) {
+    if (("," + formats + ",").find("," + format + ",") == std::string::npos) continue;
     const bool packed = format == "bf16-packed";
     const DType dt = format == "f32" ? DType::kF32 : format == "int8" ? DType::kI8 : DType::kBF16;
     struct Matrix {
