@@ -104,5 +104,30 @@ TEST(RequestQueue, ClientsAreAskedAtMostEveryCheckInterval) {
   EXPECT_EQ(asked.load(), before + 1);
 }
 
+// A request's last token can race its cancel (a client cancel, or the gateway ending the request
+// at a stop string while the engine makes the token that ends it by length): the token is dropped
+// and only the cancel counts, so every request is counted once, finished or cancelled.
+TEST(RequestQueue, AFinishRacingACancelIsNotCountedAsFinished) {
+  RequestQueue queue(8);
+  auto a = queue.Submit(Spec()), b = queue.Submit(Spec());
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(queue.TakePlan().add.size(), 2u);
+  queue.Cancel((*a)->id(), /*finished=*/true);  // the gateway saw a stop string in a's stream
+  const std::vector<TokenEvent> last = {{(*a)->id(), 7, 0.0f, FinishReason::kLength},
+                                        {(*b)->id(), 8, 0.0f, FinishReason::kLength}};
+  int counted = -1;
+  queue.Deliver(last, [&](int finished) { counted = finished; });
+  EXPECT_EQ(counted, 1) << "only b's finish reached a live request";
+  int finished_by_gateway = -1;
+  const StepPlan next = queue.TakePlan(&finished_by_gateway);
+  ASSERT_EQ(next.cancel.size(), 1u);
+  EXPECT_EQ(next.cancel[0], (*a)->id());
+  EXPECT_EQ(finished_by_gateway, 1);
+  EXPECT_EQ(queue.active(), 0u);
+  const StreamUpdate b_update = (*b)->Wait(std::chrono::milliseconds(1));
+  ASSERT_EQ(b_update.tokens.size(), 1u);
+  EXPECT_EQ(b_update.finish, FinishReason::kLength);
+}
+
 }  // namespace
 }  // namespace tpserve

@@ -88,7 +88,8 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     window_tokens += static_cast<int64_t>(events.size());
     const auto now = Clock::now();
     const double window_s = std::chrono::duration<double>(now - window_start).count();
-    {  // counters first, so a client that sees its final token also sees it counted
+    // The counters first, so that a client that sees its final token also sees it counted.
+    queue.Deliver(events, [&](int finished) {
       std::lock_guard<std::mutex> lock(counters.mu);
       if (window_s >= 1.0 || !engine.HasWork()) {
         counters.tokens_per_s = window_s > 0 ? window_tokens / window_s : 0.0;
@@ -97,11 +98,9 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       }
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
-      for (const TokenEvent& e : events) counters.finished += e.finish != FinishReason::kNone;
+      counters.finished += finished + finished_by_gateway;
       counters.cancelled += static_cast<int64_t>(plan.cancel.size()) - finished_by_gateway;
-      counters.finished += finished_by_gateway;
-    }
-    queue.Deliver(events);
+    });
     // Deliver woke the gRPC handler threads of these streams. This thread goes straight on to
     // the next step, and on a host whose cores the ranks fill it would hold the core until the
     // scheduler's next tick (~4 ms, longer than a step): let a woken handler write its token now.

@@ -121,8 +121,12 @@ void RequestQueue::WaitForWork(std::chrono::milliseconds timeout) {
   cv_.wait_for(lock, timeout, [this] { return !pending_add_.empty() || !pending_cancel_.empty(); });
 }
 
-void RequestQueue::Deliver(const std::vector<TokenEvent>& events) {
+void RequestQueue::Deliver(const std::vector<TokenEvent>& events, const std::function<void(int)>& count) {
   std::lock_guard<std::mutex> lock(mu_);
+  int finished = 0;
+  for (const TokenEvent& ev : events)
+    finished += ev.finish != FinishReason::kNone && active_.count(ev.id) > 0;
+  count(finished);
   for (const TokenEvent& ev : events) {
     auto it = active_.find(ev.id);
     if (it == active_.end()) continue;  // cancelled meanwhile

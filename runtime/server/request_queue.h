@@ -83,7 +83,10 @@ class RequestQueue {
   StepPlan TakePlan(int* finished = nullptr);
   // Blocks until something is pending or `timeout` passes.
   void WaitForWork(std::chrono::milliseconds timeout);
-  void Deliver(const std::vector<TokenEvent>& events);
+  // Hands each event to its request's stream; events of a request cancelled meanwhile are dropped.
+  // count(finished) runs first, under the queue's lock, with how many events finish a request that
+  // is still live: a request whose last token races its cancel is counted once, as the cancel.
+  void Deliver(const std::vector<TokenEvent>& events, const std::function<void(int finished)>& count);
   // Stops admission; later Submit calls fail with `reason`.
   void StopAdmission(const std::string& reason);
   // Ends every active request with `message`; returns their ids (for a cancel plan).
