@@ -45,10 +45,10 @@ Result<std::unique_ptr<LlamaModel>> LoadModel(const LoadOptions& opts, Communica
   TPS_ASSIGN_OR_RETURN(ModelWeights weights, LoadShard(ckpt, config, shards[tp.rank()], dtype,
                                                        opts.show_progress && tp.rank() == 0));
   if (opts.quantization == "int8") QuantizeWeightsInt8(&weights);
-  log::Debug("loaded {} MB ({} MB sharded + {} MB replicated read) in {:.2f} s as {}",
-             weights.stats.resident_bytes >> 20, weights.stats.sharded_bytes >> 20,
-             weights.stats.replicated_bytes >> 20, weights.stats.seconds,
-             opts.quantization.empty() ? kernels::DTypeName(dtype) : opts.quantization);
+  log::Info("weights loaded: {} MB on this rank ({} MB sharded + {} MB replicated read) in {:.2f} s as {}",
+            weights.stats.resident_bytes >> 20, weights.stats.sharded_bytes >> 20,
+            weights.stats.replicated_bytes >> 20, weights.stats.seconds,
+            opts.quantization.empty() ? kernels::DTypeName(dtype) : opts.quantization);
   for (const RankShard& s : shards) weights.all_lm_head_vocab.push_back(s.lm_head_vocab);
   return std::make_unique<LlamaModel>(std::move(config), std::move(weights), tp);
 }

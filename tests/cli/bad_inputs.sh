@@ -112,16 +112,15 @@ timeout 120 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" run --model-path "$WORK/small" -
   --max-new-tokens 2000 --ignore-eos >"$WORK/out" 2>"$WORK/err" &
 job=$!
 victim=""
-# Wait for both ranks and rank 0's launch line, then give the load ~1 s before killing the second
-# rank. The 2000 tokens take seconds after that (~580 tok/s here), so the kill lands mid-generation
-# on a machine several times faster too.
-for _ in $(seq 1 100); do
-  sleep 0.2
+# Wait until rank 0 has loaded its weights, then kill the second rank 0.2 s later: the 2000 tokens
+# take seconds (~580 tok/s here), so the kill lands mid-generation on a machine ten times faster too.
+for _ in $(seq 1 300); do
+  sleep 0.1
   victim=$(pgrep -f "tpserve run --model-path $WORK/small" | sort -n | tail -1)
   [ -n "$victim" ] && [ "$(pgrep -f "tpserve run --model-path $WORK/small" | wc -l)" -ge 2 ] &&
-    grep -q "kernel thread" "$WORK/err" && break
+    grep -q "weights loaded" "$WORK/err" && break
 done
-sleep 1
+sleep 0.2
 kill -9 "$victim" 2>/dev/null
 rc=0
 wait $job || rc=$?
