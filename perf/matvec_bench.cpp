@@ -112,6 +112,16 @@ int main(int argc, char** argv) {
     if (a == "--rows") rows = std::atoi(argv[i + 1]);
     if (a == "--formats") formats = argv[i + 1];
   }
+  for (size_t at = 0; at <= formats.size();) {  // every name in --formats must be known
+    const size_t end = std::min(formats.find(',', at), formats.size());
+    const std::string name = formats.substr(at, end - at);
+    if (name != "f32" && name != "bf16" && name != "int8" && name != "bf16-packed") {
+      std::cerr << "matvec_bench: unknown format '" << name
+                << "' in --formats (choose from f32,bf16,int8,bf16-packed)\n";
+      return 2;
+    }
+    at = end + 1;
+  }
   if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4) ||
       (preset != "bench-1b" && preset != "small")) {
     std::cerr << "matvec_bench: --threads and --rows must be >= 1, --tp 1, 2 or 4 (4 KV heads) and --preset "
