@@ -61,10 +61,14 @@ TEST(RequestQueue, PendingRequestWhoseClientIsGoneNeverReachesTheEngine) {
   auto a = queue.Submit(Spec());
   ASSERT_TRUE(a.ok());
   (*a)->WatchClient([] { return true; });
-  StepPlan plan = queue.TakePlan();
+  int dropped = -1;
+  StepPlan plan = queue.TakePlan(nullptr, &dropped);
   EXPECT_TRUE(plan.add.empty());
   EXPECT_TRUE(plan.cancel.empty());  // the engine never saw it, so there is nothing to cancel
+  EXPECT_EQ(dropped, 1) << "counted as cancelled all the same";
   EXPECT_EQ(queue.active(), 0u);
+  queue.TakePlan(nullptr, &dropped);
+  EXPECT_EQ(dropped, 0) << "counted once";
 }
 
 TEST(RequestQueue, AResetWatcherIsNeverAskedAgain) {

@@ -39,6 +39,7 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
   // Throughput window (tokens/s in GetServerInfo) and a status line every 10 s while busy.
   auto window_start = Clock::now(), last_log = Clock::now();
   int64_t window_tokens = 0;
+  int64_t dropped_uncounted = 0;  // requests cancelled before they reached the engine
   const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
   for (;;) {
     if (stop_requested && !draining) {
@@ -52,7 +53,9 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       counters.draining = true;
     }
     int finished_by_gateway = 0;  // stop strings: cancelled in the engine, finished for the client
-    StepPlan plan = queue.TakePlan(&finished_by_gateway);
+    int dropped = 0;
+    StepPlan plan = queue.TakePlan(&finished_by_gateway, &dropped);
+    dropped_uncounted += dropped;  // (an idle turn below counts nothing)
     if (draining && Clock::now() >= drain_deadline) {
       const auto ids =
           queue.AbortAll("the server is shutting down: request cancelled at the end of the grace period");
@@ -99,7 +102,9 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
       counters.finished += finished + finished_by_gateway;
-      counters.cancelled += static_cast<int64_t>(plan.cancel.size()) - finished_by_gateway;
+      counters.cancelled +=
+          static_cast<int64_t>(plan.cancel.size()) - finished_by_gateway + dropped_uncounted;
+      dropped_uncounted = 0;
     });
     // Deliver woke the gRPC handler threads of these streams. This thread goes straight on to
     // the next step, and on a host whose cores the ranks fill it would hold the core until the

@@ -87,6 +87,7 @@ void RequestQueue::DropLocked(uint64_t id, bool finished) {
                          [id](const RequestSpec& s) { return s.id == id; });
   if (it != pending_add_.end()) {
     pending_add_.erase(it);
+    ++dropped_;
   } else {
     pending_cancel_.push_back(id);
     pending_finished_ += finished;
@@ -94,7 +95,7 @@ void RequestQueue::DropLocked(uint64_t id, bool finished) {
   cv_.notify_all();
 }
 
-StepPlan RequestQueue::TakePlan(int* finished) {
+StepPlan RequestQueue::TakePlan(int* finished, int* dropped) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = Clock::now();
   const bool check_clients = now - last_client_check_ >= kClientCheckInterval;
@@ -112,7 +113,8 @@ StepPlan RequestQueue::TakePlan(int* finished) {
   plan.add.swap(pending_add_);
   plan.cancel.swap(pending_cancel_);
   if (finished != nullptr) *finished = pending_finished_;
-  pending_finished_ = 0;
+  if (dropped != nullptr) *dropped = dropped_;
+  pending_finished_ = dropped_ = 0;
   return plan;
 }
 

@@ -79,8 +79,9 @@ class RequestQueue {
   // Engine side. Moves pending submissions and cancellations into a plan, after cancelling every
   // request whose client is gone (RequestChannel::WatchClient; at most every
   // kClientCheckInterval); *finished (optional) gets how many of the cancellations were requests
-  // the gateway finished (stop strings).
-  StepPlan TakePlan(int* finished = nullptr);
+  // the gateway finished (stop strings), *dropped (optional) how many requests were cancelled
+  // before they reached the engine (not in the plan: the engine never saw them).
+  StepPlan TakePlan(int* finished = nullptr, int* dropped = nullptr);
   // Blocks until something is pending or `timeout` passes.
   void WaitForWork(std::chrono::milliseconds timeout);
   // Hands each event to its request's stream; events of a request cancelled meanwhile are dropped.
@@ -106,6 +107,7 @@ class RequestQueue {
   std::vector<RequestSpec> pending_add_;
   std::vector<uint64_t> pending_cancel_;
   int pending_finished_ = 0;  // of pending_cancel_, those the gateway finished
+  int dropped_ = 0;           // cancelled while still in pending_add_, since the last TakePlan
   std::map<uint64_t, std::shared_ptr<RequestChannel>> active_;
   std::chrono::steady_clock::time_point last_client_check_{};  // the epoch: the first TakePlan asks
 };
