@@ -112,8 +112,8 @@ timeout 120 "${MPIRUN[@]}" -np 2 "$BIN/tpserve" run --model-path "$WORK/small" -
   --max-new-tokens 2000 --ignore-eos >"$WORK/out" 2>"$WORK/err" &
 job=$!
 victim=""
-# Wait until rank 0 has loaded its weights ("weights loaded", an info line), then kill the second
-# rank 0.2 s later: the 2000 tokens take ~3.4 s here (~580 tok/s), so the kill lands mid-generation
+# Wait until a rank has loaded its weights (each logs "weights loaded"), then kill the second rank
+# 0.2 s later: the 2000 tokens take ~3.4 s here (~580 tok/s), so the kill lands mid-generation
 # on a machine several times faster too.
 for _ in $(seq 1 300); do
   sleep 0.1
