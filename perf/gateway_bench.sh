@@ -80,8 +80,8 @@ for np in $NPS; do
   port=$(free_port)
   "${MPIRUN[@]}" "$BIN/tpserve" serve --model-path "$WORK/model" --threads 1 --port "$port" 2>"$WORK/server-$np.log" &
   server=$!
-  wait_healthy "127.0.0.1:$port" || { echo "gateway_bench: the server did not start" >&2; cat "$WORK/server-$np.log" >&2; exit 1; }
-  gw_pid=$(gateway_pid "127.0.0.1:$port")
+  wait_healthy --addr "127.0.0.1:$port" || { echo "gateway_bench: the server did not start" >&2; cat "$WORK/server-$np.log" >&2; exit 1; }
+  gw_pid=$(gateway_pid --addr "127.0.0.1:$port")
   for i in $(seq 1 "$REPEATS"); do
     if [ $((i % 2)) -eq 1 ]; then r=$(one_run); g=$(one_grpc); else g=$(one_grpc); r=$(one_run); fi
     read -r gr gcpu ccpu <<<"$g"

@@ -30,7 +30,7 @@ port=$(free_port)
 mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
   --max-running-requests 64 ${SERVE_ARGS:-} 2>"$WORK/server.log" &
 server=$!
-wait_healthy "127.0.0.1:$port" || { echo "serving_bench: the server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
+wait_healthy --addr "127.0.0.1:$port" || { echo "serving_bench: the server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
 # The load client runs at low priority (server_lib.sh; CLIENT_LOW_PRIORITY=0: normal priority).
 [ "${CLIENT_LOW_PRIORITY:-1}" = 1 ] || LOW=()
 "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency 2 --requests 2 --max-new-tokens 8 >/dev/null  # warm-up
@@ -41,7 +41,7 @@ for rep in $(seq 1 "$REPEATS"); do
       --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
   done
 done
-kill -TERM "$(gateway_pid "127.0.0.1:$port")"
+kill -TERM "$(gateway_pid --addr "127.0.0.1:$port")"
 wait $server || true
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/points.jsonl" "$OUT.json" "$OUT.dat" <<PY  # OUT.dat: the medians, for gnuplot

@@ -11,15 +11,8 @@ FAILS=0
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
 pass() { echo "ok: $*"; }
 
-# A free TCP port on 127.0.0.1.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_healthy CLI-ARGS...: until the server answers health (up to 30 s).
-wait_healthy() {
-  for _ in $(seq 1 300); do "$BIN/tpserve-cli" "$@" health >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
-}
-# gateway_pid CLI-ARGS...: the pid of the server's rank 0, from its info.
-gateway_pid() { "$BIN/tpserve-cli" "$@" info | grep -o '"gatewayPid": [0-9]*' | tr -dc 0-9; }
+# free_port, wait_healthy CLI-ARGS..., gateway_pid CLI-ARGS...
+source "$(dirname "${BASH_SOURCE[0]}")/../../launch/server_lib.sh"
 
 # expect_error NAME NEEDLE -- COMMAND...: the command must exit non-zero within 60 s (no hang)
 # and its stderr must contain NEEDLE.
