@@ -23,6 +23,8 @@
 #include <cstring>
 #include <iostream>
 #include <memory>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -96,7 +98,10 @@ int main(int argc, char** argv) {
   int threads = 1, tp = 1, passes = 6, rows = 1;
   std::string preset = "bench-1b";
   bool against_read = false;
-  std::string formats = "f32,bf16,int8,bf16-packed";
+  // bf16-packed: bf16 weights packed once for the GEMM kernels (the engine's default where the
+  // CPU allows; skipped elsewhere).
+  const std::vector<std::string> all_formats = {"f32", "bf16", "int8", "bf16-packed"};
+  std::set<std::string> formats(all_formats.begin(), all_formats.end());
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--against-read") {
@@ -110,17 +115,18 @@ int main(int argc, char** argv) {
     if (a == "--tp") tp = std::atoi(argv[i + 1]);
     if (a == "--passes") passes = std::atoi(argv[i + 1]);
     if (a == "--rows") rows = std::atoi(argv[i + 1]);
-    if (a == "--formats") formats = argv[i + 1];
-  }
-  for (size_t at = 0; at <= formats.size();) {  // every name in --formats must be known
-    const size_t end = std::min(formats.find(',', at), formats.size());
-    const std::string name = formats.substr(at, end - at);
-    if (name != "f32" && name != "bf16" && name != "int8" && name != "bf16-packed") {
-      std::cerr << "matvec_bench: unknown format '" << name
-                << "' in --formats (choose from f32,bf16,int8,bf16-packed)\n";
-      return 2;
+    if (a == "--formats") {  // a comma list; every name must be known
+      formats.clear();
+      std::stringstream list(argv[i + 1]);
+      for (std::string name; std::getline(list, name, ',');) {
+        if (std::find(all_formats.begin(), all_formats.end(), name) == all_formats.end()) {
+          std::cerr << "matvec_bench: unknown format '" << name
+                    << "' in --formats (choose from f32,bf16,int8,bf16-packed)\n";
+          return 2;
+        }
+        formats.insert(name);
+      }
     }
-    at = end + 1;
   }
   if (threads < 1 || rows < 1 || (tp != 1 && tp != 2 && tp != 4) ||
       (preset != "bench-1b" && preset != "small")) {
@@ -143,10 +149,8 @@ int main(int argc, char** argv) {
                         {"tp", tp},
                         {"isa", tpserve::kernels::ActiveKernels().isa},
                         {"results", nlohmann::json::array()}};
-  // bf16-packed: bf16 weights packed once for the GEMM kernels (the engine's default where the
-  // CPU allows; skipped elsewhere).
-  for (const std::string format : {"f32", "bf16", "int8", "bf16-packed"}) {
-    if (("," + formats + ",").find("," + format + ",") == std::string::npos) continue;
+  for (const std::string& format : all_formats) {
+    if (formats.count(format) == 0) continue;
     const bool packed = format == "bf16-packed";
     const DType dt = format == "f32" ? DType::kF32 : format == "int8" ? DType::kI8 : DType::kBF16;
     struct Matrix {
