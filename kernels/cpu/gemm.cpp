@@ -360,13 +360,17 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     return;
   }
   // The other paths call their kernel once per block, block(b, its first output row, its valid
-  // rows), the threads taking the blocks in turns (as in the AMX path above), one block per turn:
-  // these kernels need no set-up per call, and a thread done early waits at most one block for
-  // the other. (Zen 5 VM, 2 threads, batch-1 decode of the bench-1b matrices against a plain read
-  // of the same bytes, 20 interleaved rounds: 0.95-0.97 of it with turns of 1 or 2 blocks,
-  // 0.91-0.93 with about eight turns per thread; the 8-32 row kernel is compute-bound either way.)
+  // rows), the threads taking the blocks in turns (as in the AMX path above). Below kGemmMinRows
+  // rows a turn is one block: these kernels need no set-up per call, and a thread done early waits
+  // at most one block for the other. (Zen 5 VM, 2 threads, batch-1 decode of the bench-1b matrices
+  // against a plain read of the same bytes, 20 interleaved rounds: 0.95-0.97 of it with turns of 1
+  // or 2 blocks, 0.91-0.93 with about eight turns per thread.) The 8-32 row kernel spends ~0.7 us
+  // on a `small` block, so there a turn keeps up to four blocks (BlocksPerTurn), and the threads
+  // meet at the shared turn counter and the neighbouring outputs less often: a 16-sequence decode
+  // step of `small` at TP 1 x 2 threads took 3.2-3.5 ms against 4.1-4.2 with single-block turns.
   auto for_blocks_in_turns = [&](const auto& block) {
-    ParallelForDynamic(w.blocks(), 1, [&](int b0, int b1) {
+    const int turn = n >= kGemmMinRows ? BlocksPerTurn(w.blocks(), 4) : 1;
+    ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {
       for (int b = b0; b < b1; ++b) block(b, b * kPackedRows, std::min(kPackedRows, m - b * kPackedRows));
     });
   };

@@ -102,7 +102,8 @@ class BatchEngine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   KvCachePool pool_;
-  std::vector<float> logits_;  // (local vocab) scratch
+  kernels::AlignedVector<float>
+      logits_;  // (items, local vocab) scratch, on cache lines (see LlamaModel::Scratch)
 };
 
 }  // namespace tpserve

@@ -18,7 +18,7 @@ namespace {
 constexpr int kRowGrain = 4;
 
 // v's storage for at least `size` elements: grown, never shrunk (see LlamaModel::Scratch).
-float* Grow(std::vector<float>& v, size_t size) {
+float* Grow(kernels::AlignedVector<float>& v, size_t size) {
   if (v.size() < size) v.resize(size);
   return v.data();
 }
