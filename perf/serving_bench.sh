@@ -9,6 +9,9 @@
 #   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
 #                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=4 REPEATS=5
 #                                                         SERVE_ARGS="--enable-deterministic-inference"
+#                                                         MPI_ARGS (mpirun's own flags: one rank on
+#                                                         every core is MPI_ARGS="--bind-to none"
+#                                                         NP=1 SERVE_ARGS="--threads 2")
 set -euo pipefail
 BUILD="${1:-build}"
 OUT="${2:-perf/results/serving_bench}"
@@ -27,7 +30,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 "$BIN/tpserve-mkmodel" --preset "$PRESET" --dtype bf16 --seed 0 --out "$WORK/model" 2>/dev/null
 source "$(dirname "$0")/server_lib.sh"
 port=$(free_port)
-mpirun --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
+mpirun ${MPI_ARGS:-} --oversubscribe --allow-run-as-root -np "$NP" "$BIN/tpserve" serve --model-path "$WORK/model" --port "$port" \
   --max-running-requests 64 ${SERVE_ARGS:-} 2>"$WORK/server.log" &
 server=$!
 wait_healthy --addr "127.0.0.1:$port" || { echo "serving_bench: the server did not start" >&2; cat "$WORK/server.log" >&2; exit 1; }
@@ -57,7 +60,7 @@ def ratio(a, b):
     return a[16]["output_tokens_per_s"] / a[1]["output_tokens_per_s"] if 16 in a and 1 in a else None
 sweeps = sorted({p["sweep"] for p in pts})
 per_sweep = [ratio({p["concurrency"]: p for p in pts if p["sweep"] == s}, None) for s in sweeps]
-out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "client": "${LOW[*]:-normal priority} tpserve-cli load on the same host", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
+out = {"bench": "serving", "serve_args": "${SERVE_ARGS:-}", "mpi_args": "${MPI_ARGS:-}", "client": "${LOW[*]:-normal priority} tpserve-cli load on the same host", "preset": "$PRESET", "dtype": "bf16", "np": $NP, "prompt_len": $PROMPT_LEN,
        "max_new_tokens": $TOKENS, "sweeps": len(sweeps), "points": pts, "median": [median[c] for c in levels],
        "tokens_per_s_c16_over_c1": ratio(median, None), "c16_over_c1_per_sweep": per_sweep, "target_ratio": 8.0}
 json.dump(out, open(sys.argv[2], "w"), indent=2)
