@@ -449,7 +449,7 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   for (int i = 0; i < 3; ++i) solo[i] = GenerateAll(server, reqs[i]);
   std::vector<Collected> together(kClients);
   std::atomic<int> max_running{0}, max_waiting{0};
-  std::atomic<double> max_tokens_per_s{0};
+  std::atomic<double> max_tokens_per_s{0}, max_allreduce_share{0};
   std::atomic<bool> done{false};
   std::thread watcher([&] {
     while (!done) {
@@ -457,6 +457,7 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
       max_running = std::max(max_running.load(), info.running_requests());
       max_waiting = std::max(max_waiting.load(), info.waiting_requests());
       max_tokens_per_s = std::max(max_tokens_per_s.load(), info.generation_tokens_per_s());
+      max_allreduce_share = std::max(max_allreduce_share.load(), info.allreduce_share());
       EXPECT_GE(info.kv_cache_free_blocks(), 0);
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -477,6 +478,9 @@ TEST_F(Gateway, MemoryPressureRequestsWaitForBlocksAndAllComplete) {
   EXPECT_LE(max_running.load(), 3) << "the cache holds three reservations";
   EXPECT_GT(max_waiting.load(), 0) << "some requests should have waited for blocks";
   EXPECT_GT(max_tokens_per_s.load(), 0.0) << "GetServerInfo reports generation throughput";
+  // TP 2: every step all-reduces, and the share is a fraction of rank 0's time.
+  EXPECT_GT(max_allreduce_share.load(), 0.0) << "GetServerInfo reports the all-reduce share";
+  EXPECT_LE(max_allreduce_share.load(), 1.0);
   const pb::ServerInfo after = server.Info();
   EXPECT_EQ(after.kv_cache_free_blocks(), after.kv_cache_total_blocks());
   EXPECT_EQ(after.kv_cache_used_bytes(), 0);

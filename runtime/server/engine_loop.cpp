@@ -39,7 +39,8 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
   // Throughput window (tokens/s in GetServerInfo) and a status line every 10 s while busy.
   auto window_start = Clock::now(), last_log = Clock::now();
   int64_t window_tokens = 0;
-  int64_t dropped_uncounted = 0;  // requests cancelled before they reached the engine
+  double window_allreduce_s = tp.allreduce_seconds();  // at the window's start
+  int64_t dropped_uncounted = 0;                       // requests cancelled before they reached the engine
   const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
   for (;;) {
     if (stop_requested && !draining) {
@@ -96,8 +97,11 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
       std::lock_guard<std::mutex> lock(counters.mu);
       if (window_s >= 1.0 || !engine.HasWork()) {
         counters.tokens_per_s = window_s > 0 ? window_tokens / window_s : 0.0;
+        counters.allreduce_share =
+            window_s > 0 ? (tp.allreduce_seconds() - window_allreduce_s) / window_s : 0.0;
         window_start = now;
         window_tokens = 0;
+        window_allreduce_s = tp.allreduce_seconds();
       }
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
@@ -113,8 +117,10 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     if (engine.HasWork() && now - last_log >= std::chrono::seconds(10)) {
       last_log = now;
       const EngineStats st = engine.stats();
-      log::Info("running {}, waiting {}, KV blocks {}/{} used, {:.1f} tok/s", st.running, st.waiting,
-                st.kv_total_blocks - st.kv_free_blocks, st.kv_total_blocks, counters.tokens_per_s);
+      log::Info(
+          "running {}, waiting {}, KV blocks {}/{} used, {:.1f} tok/s, all-reduce {:.0f}% of rank 0's time",
+          st.running, st.waiting, st.kv_total_blocks - st.kv_free_blocks, st.kv_total_blocks,
+          counters.tokens_per_s, 100 * counters.allreduce_share);
     }
   }
   std::lock_guard<std::mutex> lock(counters.mu);

@@ -30,7 +30,8 @@ struct ServerCounters {
   mutable std::mutex mu;
   EngineStats engine;
   int64_t finished = 0, cancelled = 0, generated_tokens = 0;
-  double tokens_per_s = 0;  // over the last window of about a second
+  double tokens_per_s = 0;     // over the last window of about a second
+  double allreduce_share = 0;  // rank 0's time in TP all-reduces over the same window
   bool draining = false;
   // Set while rank 0 waits in a heartbeat barrier: past this time the other ranks are late by
   // more than LoopOptions::stall_s and the health service reports NOT_SERVING.

@@ -303,6 +303,7 @@ class TpServeService final : public pb::TpServe::Service {
     out->set_kv_cache_free_blocks(c.engine.kv_free_blocks);
     out->set_kv_cache_block_size(c.engine.kv_block_size);
     out->set_generation_tokens_per_s(c.tokens_per_s);
+    out->set_allreduce_share(c.allreduce_share);
     out->set_running_requests(c.engine.running);
     out->set_waiting_requests(c.engine.waiting);
     out->set_finished_requests(c.finished);
