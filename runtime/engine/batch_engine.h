@@ -102,8 +102,8 @@ class BatchEngine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   KvCachePool pool_;
-  kernels::AlignedVector<float>
-      logits_;  // (items, local vocab) scratch, on cache lines (see LlamaModel::Scratch)
+  // (items, local vocab) scratch, on cache lines (see LlamaModel::Scratch)
+  kernels::AlignedVector<float> logits_;
 };
 
 }  // namespace tpserve

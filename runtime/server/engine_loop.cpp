@@ -39,8 +39,9 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
   // Throughput window (tokens/s in GetServerInfo) and a status line every 10 s while busy.
   auto window_start = Clock::now(), last_log = Clock::now();
   int64_t window_tokens = 0;
-  double window_allreduce_s = tp.allreduce_seconds();  // at the window's start
-  int64_t dropped_uncounted = 0;                       // requests cancelled before they reached the engine
+  int64_t dropped_uncounted = 0;  // requests cancelled before they reached the engine
+  // tp's all-reduce seconds at the window's start (allreduce_share in GetServerInfo)
+  double window_allreduce_s = tp.allreduce_seconds();
   const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
   for (;;) {
     if (stop_requested && !draining) {
