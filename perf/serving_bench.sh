@@ -9,9 +9,10 @@
 #   perf/serving_bench.sh [BUILD_DIR] [OUT_PREFIX]   env: PRESET=small NP=2 LEVELS="1 4 16 64"
 #                                                         PROMPT_LEN=32 TOKENS=64 ROUNDS=4 REPEATS=5
 #                                                         SERVE_ARGS="--enable-deterministic-inference"
-#                                                         MPI_ARGS (mpirun's own flags: one rank on
-#                                                         every core is MPI_ARGS="--bind-to none"
-#                                                         NP=1 SERVE_ARGS="--threads 2")
+#                                                         MPI_ARGS (mpirun's own flags: one rank
+#                                                         using both cores of a 2-core host is
+#                                                         MPI_ARGS="--bind-to none" NP=1
+#                                                         SERVE_ARGS="--threads 2")
 set -euo pipefail
 BUILD="${1:-build}"
 OUT="${2:-perf/results/serving_bench}"

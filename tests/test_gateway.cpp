@@ -66,6 +66,9 @@ TEST_F(Gateway, StreamedGreedyEqualsTpserveRunAtTp1AndTp2) {
     EXPECT_EQ(got.final.finish_reason(), pb::FINISH_REASON_LENGTH);
     EXPECT_EQ(got.final.usage().completion_tokens(), 40);
     EXPECT_EQ(got.final.usage().prompt_tokens(), 4);
+    if (np == 1) {
+      EXPECT_EQ(server.Info().allreduce_share(), 0.0) << "no all-reduce at TP 1";
+    }
     EXPECT_EQ(server.Terminate(30), 0) << server.log();
   }
 }

@@ -346,8 +346,8 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
     // half: on this VM one core's AMX throughput sometimes drops well below the other's for a
     // while (a 512-token prefill profile once had the worker 2.3x longer in the kernel than the
     // main thread for the same blocks), and a fixed split then waits for the slow one.
-    // A turn keeps up to four blocks: each call loads the tile configuration once and
-    // prefetches its next block only within its own.
+    // A turn keeps at least four blocks where each thread still gets two turns: each call loads
+    // the tile configuration once and prefetches its next block only within its own.
     const int turn = BlocksPerTurn(w.blocks(), 4);
     for (int c = 0; c < chunks; ++c) {
       const int r0 = edge(c), rows = edge(c + 1) - r0;
@@ -364,10 +364,12 @@ void MatmulPacked(const float* x, int n, const PackedBf16& w, float* y) {
   // rows a turn is one block: these kernels need no set-up per call, and a thread done early waits
   // at most one block for the other. (Zen 5 VM, 2 threads, batch-1 decode of the bench-1b matrices
   // against a plain read of the same bytes, 20 interleaved rounds: 0.95-0.97 of it with turns of 1
-  // or 2 blocks, 0.91-0.93 with about eight turns per thread.) The 8-32 row kernel spends ~0.7 us
-  // on a `small` block, so there a turn keeps up to four blocks (BlocksPerTurn), and the threads
-  // meet at the shared turn counter and the neighbouring outputs less often: a 16-sequence decode
-  // step of `small` at TP 1 x 2 threads took 3.2-3.5 ms against 4.1-4.2 with single-block turns.
+  // or 2 blocks, 0.91-0.93 with about eight turns per thread.) The 8-32 row kernel is compute-bound
+  // (~2.5 us for 16 rows of a `small` block), so there the turns are BlocksPerTurn's, as the AMX
+  // path's (about eight per thread, at least four blocks where each thread still gets two), and
+  // the threads meet at the shared turn counter and at neighbouring outputs less often: a
+  // 16-sequence decode step of `small` at TP 1 x 2 threads took 3.2-3.5 ms against 4.1-4.2 with
+  // single-block turns (a floor of 2 or 8 blocks instead of 4: within 3 %).
   auto for_blocks_in_turns = [&](const auto& block) {
     const int turn = n >= kGemmMinRows ? BlocksPerTurn(w.blocks(), 4) : 1;
     ParallelForDynamic(w.blocks(), turn, [&](int b0, int b1) {

@@ -37,8 +37,9 @@ class Communicator {
   // algorithms may pick another summation order by size). Default: off (the library's fastest).
   virtual void SetDeterministic(bool on) { (void)on; }
 
-  // Wall time this rank has spent inside AllReduceSum (waiting for peers included), for the
-  // decode benchmark's all-reduce share. 0 where not measured.
+  // Wall time this rank has spent inside AllReduceSum (waiting for peers included): the decode
+  // benchmark's all-reduce share, and the server's allreduce_share. 0 where not measured. Read it
+  // on the thread that runs the collectives.
   virtual double allreduce_seconds() const { return 0; }
 };
 

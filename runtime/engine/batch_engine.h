@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "cpu/aligned.h"
 #include "engine/llama.h"
 #include "engine/step_plan.h"
 

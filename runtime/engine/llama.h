@@ -86,9 +86,10 @@ class LlamaModel {
   // tens of MB, and a fresh buffer per layer cost its page faults and zeroing every time (~5 % of
   // a 1024-token prefill). They grow to the largest batch seen; every use writes them in full.
   // They start on cache lines: the pool's threads write the outputs of neighbouring weight blocks
-  // (16 floats of a row each), which then never share a line. (With std::vector's 16-byte
-  // alignment every such write shared its lines with the other thread's: a 16-sequence decode
-  // step of `small` at TP 1 x 2 threads took 4.7-5.0 ms, and 4.1-4.2 aligned.)
+  // (64 floats of a row each), which then share no line where the row length is a multiple of 16
+  // floats. (With std::vector's 16-byte alignment each such segment shared its first and last
+  // line with the neighbouring blocks' threads: a 16-sequence decode step of `small` at TP 1 x 2
+  // threads took 4.7-5.0 ms, and 4.1-4.2 aligned.)
   struct Scratch {
     kernels::AlignedVector<float> x, h, delta, qkv, attn, gate_up, act;
   };
