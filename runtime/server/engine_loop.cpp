@@ -97,12 +97,12 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     queue.Deliver(events, [&](int finished) {
       std::lock_guard<std::mutex> lock(counters.mu);
       if (window_s >= 1.0 || !engine.HasWork()) {
+        const double allreduce_s = tp.allreduce_seconds();
         counters.tokens_per_s = window_s > 0 ? window_tokens / window_s : 0.0;
-        counters.allreduce_share =
-            window_s > 0 ? (tp.allreduce_seconds() - window_allreduce_s) / window_s : 0.0;
+        counters.allreduce_share = window_s > 0 ? (allreduce_s - window_allreduce_s) / window_s : 0.0;
         window_start = now;
         window_tokens = 0;
-        window_allreduce_s = tp.allreduce_seconds();
+        window_allreduce_s = allreduce_s;
       }
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
