@@ -174,12 +174,23 @@ TEST(Kernels, Dot4AndMatmulRowsAreBitwiseTheSingleDot) {
   }
 }
 
+// Every build of the int8 kernels this CPU runs: each ISA's table, and where the CPU has AVX-512,
+// also its plain build (vpmaddwd), which the CPU probe passes over for VNNI where that exists.
+std::vector<std::pair<std::string, const CpuKernelTable*>> Int8Tables() {
+  std::vector<std::pair<std::string, const CpuKernelTable*>> out;
+  for (const std::string& isa : SupportedIsas()) {
+    out.emplace_back(isa, KernelsForIsa(isa));
+    if (isa == "avx512") out.emplace_back("avx512 without vnni", Avx512KernelsWithoutVnni());
+  }
+  return out;
+}
+
 // int8 x int16 dot products are exact integers: every ISA path equals the int64 reference,
 // including extreme values over long rows (int32 lanes must be widened before they overflow).
 TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   std::mt19937 rng(3);
-  for (const std::string& isa : SupportedIsas()) {
-    const CpuKernelTable& kt = *KernelsForIsa(isa);
+  for (const auto& [isa, table] : Int8Tables()) {
+    const CpuKernelTable& kt = *table;
     ASSERT_NE(kt.dot_i8, nullptr) << isa;
     for (int k : {1, 7, 16, 31, 32, 33, 100, 1001, 20000}) {
       for (bool extreme : {false, true}) {
@@ -201,20 +212,39 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             kt.rows_i8(&x[misalign], rows[0], k + 3, k, got4);
             for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
-          if (kt.rows_i8_batch != nullptr) {  // kI8BatchRows activation rows, each x shifted by t
+          if (kt.rows_i8_batch != nullptr) {
+            // 1 .. kI8BatchRows activation rows (each x shifted by t) against kI8BatchWeightRows
+            // rows (w shifted by j), scaled: the exact dot in double, as MatmulNT stores it.
             std::vector<int16_t> xb(kI8BatchRows * (k + 3));
             for (int t = 0; t < kI8BatchRows; ++t) {
               for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = x[(i + t) % (k + 3)];
             }
-            int64_t got[kI8BatchRows * kI8BatchRows];
-            kt.rows_i8_batch(&xb[misalign], k + 3, rows[0], k + 3, k, got);
-            for (int t = 0; t < kI8BatchRows; ++t) {
-              for (int j = 0; j < kI8BatchRows; ++j) {
-                int64_t dot = 0;
-                for (int i = 0; i < k; ++i)
-                  dot += static_cast<int64_t>(xb[t * (k + 3) + misalign + i]) * rows[j][i];
-                ASSERT_EQ(got[t * kI8BatchRows + j], dot)
-                    << isa << " batch k=" << k << " t=" << t << " j=" << j;
+            std::vector<int8_t> wb(kI8BatchWeightRows * (k + 3));
+            for (int j = 0; j < kI8BatchWeightRows; ++j) {
+              for (int i = 0; i < k + 3; ++i) wb[j * (k + 3) + i] = w[(i + j) % w.size()];
+            }
+            const float x_scales[] = {0.5f, 3e-5f, 1.7f},
+                        row_scales[] = {1.f, 0.25f, 3e-3f, 7.f, 0.1f, 2.f, 1e-4f, 9.f};
+            static_assert(std::size(x_scales) >= kI8BatchRows && std::size(row_scales) >= kI8BatchWeightRows);
+            const int ldy = kI8BatchWeightRows + 5;
+            for (int n = 1; n <= kI8BatchRows; ++n) {
+              std::vector<float> got(n * ldy, -1.0f);
+              kt.rows_i8_batch(&xb[misalign], k + 3, n, x_scales, &wb[misalign], k + 3, row_scales, k,
+                               got.data(), ldy);
+              for (int t = 0; t < n; ++t) {
+                for (int j = 0; j < kI8BatchWeightRows; ++j) {
+                  int64_t dot = 0;
+                  for (int i = 0; i < k; ++i)
+                    dot +=
+                        static_cast<int64_t>(xb[t * (k + 3) + misalign + i]) * wb[j * (k + 3) + misalign + i];
+                  const float want =
+                      static_cast<float>(static_cast<double>(dot) * x_scales[t] * row_scales[j]);
+                  ASSERT_EQ(std::memcmp(&got[t * ldy + j], &want, 4), 0)
+                      << isa << " batch k=" << k << " n=" << n << " t=" << t << " j=" << j << ": "
+                      << got[t * ldy + j] << " want " << want;
+                }
+                for (int j = kI8BatchWeightRows; j < ldy; ++j)
+                  ASSERT_EQ(got[t * ldy + j], -1.0f) << "written past";
               }
             }
           }
@@ -228,9 +258,12 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 // AVX-512 row streams (AVX2 and portable: single dots): the threads take turns of 64 rows or
 // more, each split into kRowsI8 runs and a remainder (5 rows: runs of 1 and a remainder of 1;
 // 203 rows at 2 threads: turns of 64, 64, 64 and 11); k = 2100 makes each row longer than the
-// 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel (tails: k 203 and 2100), or, for
-// k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight tiles (m 53 and 70: one and
-// two pairs with rows left over, 64: two and none; 17 and 33 activation rows more than one tile).
+// 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel: 8 weight rows against groups of
+// 3 activation rows (n 4, 5, 16, 17: a last group of 1 or 2), with the weight rows a turn leaves
+// over one by one (m 5, 19, 53, 203), k past one 512-element flush (2100, 2112) and with a partial
+// last step (203, 2100). Or, for k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight
+// tiles (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33
+// activation rows more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
   for (const int m : {5, 19, 53, 64, 70, 203}) {
     for (const int k : {203, 256, 2100, 2112}) {
@@ -239,13 +272,12 @@ TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
       std::vector<float> first(33 * m);
       MatmulNT(PortableKernels(), x.data(), 33, w.bytes.data(), DType::kI8, m, k, first.data(),
                w.row_scales());
-      for (const std::string& isa : SupportedIsas()) {
+      for (const auto& [isa, table] : Int8Tables()) {
         for (int threads : {1, 2}) {
           SetThreads(threads);
           for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33}) {
             std::vector<float> y(n * m);
-            MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(),
-                     w.row_scales());
+            MatmulNT(*table, x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(), w.row_scales());
             ASSERT_EQ(std::memcmp(y.data(), first.data(), y.size() * 4), 0)
                 << isa << " m=" << m << " k=" << k << " n=" << n << " threads=" << threads;
           }
@@ -266,8 +298,8 @@ TEST(Kernels, Int8MatmulIsExactAtTheLongestRows) {
   const std::vector<float> x(static_cast<size_t>(n) * k, 0.5f);
   std::vector<float> want(n * m), got(n * m);
   MatmulNT(PortableKernels(), x.data(), n, w.bytes.data(), DType::kI8, m, k, want.data(), w.row_scales());
-  for (const std::string& isa : SupportedIsas()) {
-    MatmulNT(*KernelsForIsa(isa), x.data(), n, w.bytes.data(), DType::kI8, m, k, got.data(), w.row_scales());
+  for (const auto& [isa, table] : Int8Tables()) {
+    MatmulNT(*table, x.data(), n, w.bytes.data(), DType::kI8, m, k, got.data(), w.row_scales());
     ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << isa;
   }
   // The exact value: 0.5 quantizes to 32767 at scale 0.5 / 32767, +-1 to +-127 at 1 / 127.

@@ -71,22 +71,25 @@ int ForRowStreams(int begin, int end, int streams, const Group& group) {
 
 void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w, int m, int k, float* y,
                 const float* row_scales) {
-  std::vector<int16_t> xq(static_cast<size_t>(n) * k);
+  // The quantized rows start on cache lines (ldq: k rounded up to 64 bytes), so that the batch
+  // kernel's 64-byte activation loads never straddle two lines.
+  const int ldq = (k + 31) / 32 * 32;
+  AlignedVector<int16_t> xq(static_cast<size_t>(n) * ldq);
   std::vector<float> xs(n);
   for (int t = 0; t < n; ++t)
-    xs[t] = QuantizeRowInt16(x + static_cast<size_t>(t) * k, k, &xq[static_cast<size_t>(t) * k]);
+    xs[t] = QuantizeRowInt16(x + static_cast<size_t>(t) * k, k, &xq[static_cast<size_t>(t) * ldq]);
   auto store = [&](int t, int o, int64_t dot) {
     y[static_cast<size_t>(t) * m + o] = static_cast<float>(static_cast<double>(dot) * xs[t] * row_scales[o]);
   };
   // Batches on AMX-INT8 where the table allows it: the output rows in pairs of tiles; the rest below.
   int m0 = 0;
   if (kt.amx_int8 && n >= kAmxInt8MinRows && k % kAmxInt8Step == 0 && k < kAmxInt8MaxK &&
-      m >= 2 * kAmxTileRows) {
+      m >= 2 * kAmxTileRows) {  // (k a multiple of 64: ldq == k, as MatmulInt8Amx reads the rows)
     MatmulInt8Amx(xq.data(), xs.data(), n, w, row_scales, m, k, y);
     m0 = m / (2 * kAmxTileRows) * (2 * kAmxTileRows);
   }
   if (m0 == m) return;
-  const bool batch = n >= kI8BatchRows && kt.rows_i8_batch != nullptr;
+  const bool batch = n >= kI8BatchMinRows && kt.rows_i8_batch != nullptr;
   // The threads take the rows in turns (RowsPerTurn) rather than a fixed half each, which waits
   // for the slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
   // 1.03-1.15x faster in all 8.) Every output is one exact integer dot product, so the split
@@ -95,31 +98,23 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     o_begin += m0, o_end += m0;
     int o = o_begin;
     if (batch) {
-      // kI8BatchRows consecutive weight rows against kI8BatchRows activation rows at a time, the
-      // weight rows (kept in L1) widened once per group of activations; the activation rows left
-      // over go one at a time.
-      constexpr int B = kI8BatchRows;
-      for (; o + B <= o_end; o += B) {
-        const int8_t* rows = w + static_cast<size_t>(o) * k;
-        int t = 0;
-        for (; t + B <= n; t += B) {
-          int64_t out[B * B];
-          kt.rows_i8_batch(&xq[static_cast<size_t>(t) * k], static_cast<size_t>(k), rows,
-                           static_cast<size_t>(k), k, out);
-          for (int a = 0; a < B; ++a) {
-            for (int j = 0; j < B; ++j) store(t + a, o + j, out[a * B + j]);
-          }
-        }
-        for (; t < n; ++t) {
-          for (int j = 0; j < B; ++j)
-            store(t, o + j, kt.dot_i8(&xq[static_cast<size_t>(t) * k], rows + static_cast<size_t>(j) * k, k));
+      // kI8BatchWeightRows consecutive weight rows (kept in L1) against kI8BatchRows activation
+      // rows at a time (the last group may have fewer), each weight widened once per group.
+      // (16 rows as groups of 3, 3, 3, 3, 2, 2 instead of five of 3 and one of 1 ran ~7 % slower.)
+      constexpr int R = kI8BatchWeightRows;
+      for (; o + R <= o_end; o += R) {
+        for (int t = 0; t < n; t += kI8BatchRows) {
+          kt.rows_i8_batch(&xq[static_cast<size_t>(t) * ldq], static_cast<size_t>(ldq),
+                           std::min(kI8BatchRows, n - t), &xs[t], w + static_cast<size_t>(o) * k,
+                           static_cast<size_t>(k), row_scales + o, k, y + static_cast<size_t>(t) * m + o,
+                           static_cast<size_t>(m));
         }
       }
     } else if (kt.rows_i8 != nullptr) {
       o = ForRowStreams(o_begin, o_end, kRowsI8, [&](int first, int run) {
         for (int t = 0; t < n; ++t) {
           int64_t out[kRowsI8];
-          kt.rows_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(first) * k,
+          kt.rows_i8(&xq[static_cast<size_t>(t) * ldq], w + static_cast<size_t>(first) * k,
                      static_cast<size_t>(run) * k, k, out);
           for (int j = 0; j < kRowsI8; ++j) store(t, first + j * run, out[j]);
         }
@@ -128,7 +123,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     // The weight rows left over: one dot product each.
     for (; o < o_end; ++o) {
       for (int t = 0; t < n; ++t)
-        store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * k], w + static_cast<size_t>(o) * k, k));
+        store(t, o, kt.dot_i8(&xq[static_cast<size_t>(t) * ldq], w + static_cast<size_t>(o) * k, k));
     }
   });
 }

@@ -115,36 +115,44 @@ int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k) {
 void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out) {
   int8_detail::RowsI8Impl<kRowsI8, false>(x, w, row_stride, k, out);
 }
-void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
-                       int64_t* out) {
-  int8_detail::RowsI8BatchImpl<kI8BatchRows, kI8BatchRows, false>(x, x_stride, w, row_stride, k, out);
+void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, int rows, const float* x_scales, const int8_t* w,
+                       size_t row_stride, const float* row_scales, int k, float* y, size_t ldy) {
+  int8_detail::RowsI8BatchAny<false>(x, x_stride, rows, x_scales, w, row_stride, row_scales, k, y, ldy);
 }
 
 // dot_avx512_packed.cpp
 void PackedBf16Avx512(const float* x, int n, int kpad, const uint16_t* block, float* y, int ldy, int cols);
 
+namespace {
+CpuKernelTable MakeTable(bool vnni) {
+  CpuKernelTable t;
+  t.isa = "avx512";
+  t.dot[static_cast<int>(DType::kF32)] = DotImpl<float, LoadF32>;
+  t.dot[static_cast<int>(DType::kF16)] = DotImpl<uint16_t, LoadF16>;
+  t.dot[static_cast<int>(DType::kBF16)] = DotImpl<uint16_t, LoadBf16>;
+  t.dot4[static_cast<int>(DType::kF32)] = Dot4Impl<float, LoadF32>;
+  t.dot4[static_cast<int>(DType::kF16)] = Dot4Impl<uint16_t, LoadF16>;
+  t.dot4[static_cast<int>(DType::kBF16)] = Dot4Impl<uint16_t, LoadBf16>;
+  t.rows4[static_cast<int>(DType::kF32)] = Rows4Impl<float, LoadF32>;
+  t.rows4[static_cast<int>(DType::kF16)] = Rows4Impl<uint16_t, LoadF16>;
+  t.rows4[static_cast<int>(DType::kBF16)] = Rows4Impl<uint16_t, LoadBf16>;
+  t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
+  t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
+  t.rows_i8_batch = vnni ? RowsI8BatchAvx512Vnni : RowsI8BatchAvx512;
+  t.amx_int8 = AmxInt8Usable() && AmxAllowedByEnvironment();  // the same bits either way
+  t.packed_bf16 = PackedBf16Avx512;
+  return t;
+}
+}  // namespace
+
 const CpuKernelTable* Avx512Kernels() {
-  static const CpuKernelTable table = [] {
-    CpuKernelTable t;
-    t.isa = "avx512";
-    t.dot[static_cast<int>(DType::kF32)] = DotImpl<float, LoadF32>;
-    t.dot[static_cast<int>(DType::kF16)] = DotImpl<uint16_t, LoadF16>;
-    t.dot[static_cast<int>(DType::kBF16)] = DotImpl<uint16_t, LoadBf16>;
-    t.dot4[static_cast<int>(DType::kF32)] = Dot4Impl<float, LoadF32>;
-    t.dot4[static_cast<int>(DType::kF16)] = Dot4Impl<uint16_t, LoadF16>;
-    t.dot4[static_cast<int>(DType::kBF16)] = Dot4Impl<uint16_t, LoadBf16>;
-    t.rows4[static_cast<int>(DType::kF32)] = Rows4Impl<float, LoadF32>;
-    t.rows4[static_cast<int>(DType::kF16)] = Rows4Impl<uint16_t, LoadF16>;
-    t.rows4[static_cast<int>(DType::kBF16)] = Rows4Impl<uint16_t, LoadBf16>;
-    // int8: VNNI kernels (their own translation unit, built with -mavx512vnni) where the CPU has it.
-    const bool vnni = __builtin_cpu_supports("avx512vnni");
-    t.dot_i8 = vnni ? DotI8Avx512Vnni : DotI8Avx512;
-    t.rows_i8 = vnni ? RowsI8Avx512Vnni : RowsI8Avx512;
-    t.rows_i8_batch = vnni ? RowsI8BatchAvx512Vnni : RowsI8BatchAvx512;
-    t.amx_int8 = AmxInt8Usable() && AmxAllowedByEnvironment();  // the same bits either way
-    t.packed_bf16 = PackedBf16Avx512;
-    return t;
-  }();
+  // int8: VNNI kernels (their own translation unit, built with -mavx512vnni) where the CPU has it.
+  static const CpuKernelTable table = MakeTable(__builtin_cpu_supports("avx512vnni"));
+  return &table;
+}
+
+const CpuKernelTable* Avx512KernelsWithoutVnni() {
+  static const CpuKernelTable table = MakeTable(false);
   return &table;
 }
 

@@ -4,7 +4,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "cpu/kernels.h"
 
@@ -14,10 +16,11 @@ int64_t DotI8Avx512(const int16_t* x, const int8_t* w, int k);
 void RowsI8Avx512(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
 int64_t DotI8Avx512Vnni(const int16_t* x, const int8_t* w, int k);
 void RowsI8Avx512Vnni(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
-void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
-                       int64_t* out);
-void RowsI8BatchAvx512Vnni(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
-                           int64_t* out);
+void RowsI8BatchAvx512(const int16_t* x, size_t x_stride, int rows, const float* x_scales, const int8_t* w,
+                       size_t row_stride, const float* row_scales, int k, float* y, size_t ldy);
+void RowsI8BatchAvx512Vnni(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
+                           const int8_t* w, size_t row_stride, const float* row_scales, int k, float* y,
+                           size_t ldy);
 
 // Internal linkage: each including file (built with different ISA flags) keeps its own copy.
 namespace int8_detail {
@@ -37,7 +40,12 @@ inline int64_t WidenSum(__m512i acc) {
 template <bool kVnni>
 inline __m512i MaddAcc(__m512i acc, __m512i x, __m512i w) {
 #ifdef __AVX512VNNI__
-  if constexpr (kVnni) return _mm512_dpwssd_epi32(acc, x, w);
+  // In place through asm: for the intrinsic, GCC 12 copies every accumulator to a fresh register
+  // and back around each instruction (and spills some), which cost the batch kernel ~2x.
+  if constexpr (kVnni) {
+    asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+    return acc;
+  }
 #endif
   return _mm512_add_epi32(acc, _mm512_madd_epi16(x, w));
 }
@@ -92,49 +100,100 @@ inline void RowsI8Impl(const int16_t* x, const int8_t* first, size_t row_stride,
   for (int j = 0; j < R; ++j) out[j] = total[j];
 }
 
-// T activation rows (x_stride apart) against R weight rows (row_stride apart): each 32-element
-// step of a weight row is widened once for all T rows, whose sums stay in T x R registers. The
-// sums are exact, so out[t * R + j] equals RowsI8Impl's for row j and activation t bit for bit.
-template <int T, int R, bool kVnni>
-inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const int8_t* first, size_t row_stride, int k,
-                            int64_t* out) {
+// Sixteen int32 vectors summed lane by lane into one: lane i of the result is the sum of all
+// lanes of v[i]. Four levels of interleave-and-add (15 adds) instead of sixteen reductions.
+inline __m512i SumLanes16(const __m512i* v) {
+  __m512i b[8], c[4];
+  for (int p = 0; p < 8; ++p)  // per 128-bit lane: v[2p]'s elements 0+2, 1+3 and v[2p+1]'s, interleaved
+    b[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]),
+                            _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]));
+  for (int q = 0; q < 4; ++q)  // per 128-bit lane: the four vectors' sums of that lane, in order
+    c[q] = _mm512_add_epi32(_mm512_unpacklo_epi64(b[2 * q], b[2 * q + 1]),
+                            _mm512_unpackhi_epi64(b[2 * q], b[2 * q + 1]));
+  __m512i d[2];
+  for (int h = 0; h < 2; ++h)  // across 128-bit lanes: lanes 0+1 and 2+3 of c[2h], then of c[2h+1]
+    d[h] = _mm512_add_epi32(_mm512_shuffle_i32x4(c[2 * h], c[2 * h + 1], 0x88),
+                            _mm512_shuffle_i32x4(c[2 * h], c[2 * h + 1], 0xdd));
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(d[0], d[1], 0x88), _mm512_shuffle_i32x4(d[0], d[1], 0xdd));
+}
+
+// Steps of 32 elements between two SumLanes16 (int32) flushes into the totals: a lane gains at
+// most 2 * 127 * 32767 per step (weights within +-127 and activations within +-32767, as
+// QuantizeRowInt8/Int16 give), so sixteen lanes of sixteen steps stay below 2^31.
+inline constexpr int kI8BatchFlushSteps = 16;
+
+// T activation rows (x_stride apart, T <= kI8BatchRows) against kI8BatchWeightRows = 8 weight
+// rows (row_stride apart): each 32-element step of a weight row is widened once for all T rows,
+// whose sums stay in T x 8 registers; every 16 steps they are summed across lanes all at once
+// (SumLanes16) into double totals, one vector of 8 per activation row (exact: integers below
+// 2^53). y[t * ldy + j] = total * x_scales[t] * row_scales[j] in double, rounded to float: the
+// same operations, so the same bits, as MatmulNT's scalar store of an exact integer dot.
+template <int T, bool kVnni>
+inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_scales, const int8_t* first,
+                            size_t row_stride, const float* row_scales, int k, float* y, size_t ldy) {
+  constexpr int R = kI8BatchWeightRows;
+  static_assert(R == 8, "a row's eight totals fill one vector of doubles");
+  constexpr int kGroups = (T * R + 15) / 16;  // of 16 sums, each summed across lanes at once
+  static_assert(T >= 1 && kGroups <= 2);
   const int8_t* w[R];
   for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
-  int64_t total[T][R] = {};
-  int i = 0;
-  while (i + 32 <= k) {
-    __m512i acc[T][R];
-    for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < R; ++j) acc[t][j] = _mm512_setzero_si512();
-    }
-    for (int steps = 0; steps < kI8FlushSteps && i + 32 <= k; ++steps, i += 32) {
-      __m512i xv[T];
-      for (int t = 0; t < T; ++t) xv[t] = _mm512_loadu_si512(x + t * x_stride + i);
-      for (int j = 0; j < R; ++j) {
-        if (i % 64 == 0)
-          _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + kI8PrefetchBytes, _MM_HINT_T0);
-        const __m512i wv =
-            _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + i)));
-        for (int t = 0; t < T; ++t) acc[t][j] = MaddAcc<kVnni>(acc[t][j], xv[t], wv);
-      }
-    }
-    for (int t = 0; t < T; ++t) {
-      for (int j = 0; j < R; ++j) total[t][j] += WidenSum(acc[t][j]);
-    }
-  }
-  if (i < k) {
-    const __mmask32 m = static_cast<__mmask32>((1u << (k - i)) - 1u);
+  __m512d total[2 * kGroups];  // total[t]: activation row t's sums against the 8 weight rows
+  for (auto& v : total) v = _mm512_setzero_pd();
+  // One 32-element step: activations and weights past k read as zeros where `m` masks them.
+  auto step = [&](__m512i * acc, int i, __mmask32 m) __attribute__((always_inline)) {
+    __m512i xv[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_epi16(m, x + t * x_stride + i);
+#pragma GCC unroll 16
     for (int j = 0; j < R; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + kI8PrefetchBytes, _MM_HINT_T0);
       const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w[j] + i));
-      for (int t = 0; t < T; ++t) {
-        const __m512i xv = _mm512_maskz_loadu_epi16(m, x + t * x_stride + i);
-        total[t][j] += WidenSum(MaddAcc<kVnni>(_mm512_setzero_si512(), xv, wv));
-      }
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) acc[t * R + j] = MaddAcc<kVnni>(acc[t * R + j], xv[t], wv);
+    }
+  };
+  for (int i = 0; i < k;) {
+    __m512i acc[16 * kGroups];
+#pragma GCC unroll 32
+    for (int a = 0; a < 16 * kGroups; ++a) acc[a] = _mm512_setzero_si512();
+    const int end = std::min(k, i + kI8BatchFlushSteps * 32);
+    for (; i + 32 <= end; i += 32) step(acc, i, ~__mmask32{0});
+    if (i < end) {  // the last partial step of the row
+      step(acc, i, static_cast<__mmask32>((1u << (end - i)) - 1u));
+      i = end;
+    }
+#pragma GCC unroll 2
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512i sums = SumLanes16(acc + 16 * g);  // rows 2g (low half) and 2g + 1
+      total[2 * g] = _mm512_add_pd(total[2 * g], _mm512_cvtepi32_pd(_mm512_castsi512_si256(sums)));
+      total[2 * g + 1] =
+          _mm512_add_pd(total[2 * g + 1], _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(sums, 1)));
     }
   }
+  const __m512d rs = _mm512_cvtps_pd(_mm256_loadu_ps(row_scales));
+#pragma GCC unroll 16
   for (int t = 0; t < T; ++t) {
-    for (int j = 0; j < R; ++j) out[t * R + j] = total[t][j];
+    const __m512d v = _mm512_mul_pd(_mm512_mul_pd(total[t], _mm512_set1_pd(x_scales[t])), rs);
+    _mm256_storeu_ps(y + t * ldy, _mm512_cvtpd_ps(v));
   }
+}
+
+// RowsI8BatchImpl for rows = 1 .. kI8BatchRows activation rows.
+template <bool kVnni, int... Rows>
+inline void RowsI8BatchAny(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
+                           const int8_t* w, size_t row_stride, const float* row_scales, int k, float* y,
+                           size_t ldy, std::integer_sequence<int, Rows...>) {
+  using Fn = void (*)(const int16_t*, size_t, const float*, const int8_t*, size_t, const float*, int, float*,
+                      size_t);
+  static constexpr Fn kByRows[] = {RowsI8BatchImpl<Rows + 1, kVnni>...};
+  kByRows[rows - 1](x, x_stride, x_scales, w, row_stride, row_scales, k, y, ldy);
+}
+template <bool kVnni>
+inline void RowsI8BatchAny(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
+                           const int8_t* w, size_t row_stride, const float* row_scales, int k, float* y,
+                           size_t ldy) {
+  RowsI8BatchAny<kVnni>(x, x_stride, rows, x_scales, w, row_stride, row_scales, k, y, ldy,
+                        std::make_integer_sequence<int, kI8BatchRows>());
 }
 
 template <bool kVnni>

@@ -51,12 +51,17 @@ using DotI8Fn = int64_t (*)(const int16_t* x, const int8_t* w, int k);
 // stream count is explained in dot_avx512_packed.cpp).
 inline constexpr int kRowsI8 = 4;
 using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, int k, int64_t* out);
-// Batches (several activation rows): out[t * kI8BatchRows + j] = dot_i8(x + t * x_stride, w + j *
-// row_stride) for kI8BatchRows activation rows and as many weight rows, each weight widened once
-// for all the activation rows.
-inline constexpr int kI8BatchRows = 4;
-using RowsI8BatchFn = void (*)(const int16_t* x, size_t x_stride, const int8_t* w, size_t row_stride, int k,
-                               int64_t* out);
+// Batches (several activation rows), straight to scaled outputs: y[t * ldy + j] = dot_i8(x + t *
+// x_stride, w + j * row_stride) * x_scales[t] * row_scales[j] (in double, rounded to float: MatmulNT's
+// int8 result) for `rows` activation rows (1 .. kI8BatchRows) against kI8BatchWeightRows weight rows,
+// each weight widened once for all the activation rows. MatmulNT takes it from kI8BatchMinRows
+// activation rows on.
+inline constexpr int kI8BatchRows = 3;
+inline constexpr int kI8BatchWeightRows = 8;
+inline constexpr int kI8BatchMinRows = 4;
+using RowsI8BatchFn = void (*)(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
+                               const int8_t* w, size_t row_stride, const float* row_scales, int k, float* y,
+                               size_t ldy);
 
 // Packed bf16 weights (gemm.h: PackedBf16), the blocked layout of oneDNN's AMX and AVX512-BF16
 // GEMM kernels: output rows in blocks of kPackedRows; inside a block, the k inputs (zero-padded
@@ -163,6 +168,9 @@ struct CpuKernelTable {
 const CpuKernelTable& PortableKernels();
 const CpuKernelTable* Avx2Kernels();    // nullptr when not compiled in
 const CpuKernelTable* Avx512Kernels();  // nullptr when not compiled in
+// Avx512Kernels() with the int8 kernels' plain AVX-512 build (vpmaddwd + vpaddd) even where the
+// CPU has VNNI, so that tests cover both builds on one machine. Only where the CPU has AVX-512.
+const CpuKernelTable* Avx512KernelsWithoutVnni();
 
 // ISA names this CPU can run, best first (always ends with "portable").
 std::vector<std::string> SupportedIsas();
