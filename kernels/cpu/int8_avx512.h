@@ -122,6 +122,12 @@ inline __m512i SumLanes16(const __m512i* v) {
 // QuantizeRowInt8/Int16 give), so sixteen lanes of sixteen steps stay below 2^31.
 inline constexpr int kI8BatchFlushSteps = 16;
 
+// The largest group of weight rows (kI8BatchWeightRows rows) whose successor the batch kernel
+// prefetches as a whole. (One thread, 16 rows, this VM: 16 KB groups of k = 2048 ran 0.63 -> 0.79
+// of the packed bf16 rate with it, and small's lm_head 0.58 -> 0.79; 45 KB groups of k = 5632
+// fell 0.67 -> 0.60, and keep the in-row prefetch.)
+inline constexpr size_t kI8GroupPrefetchMax = 16 << 10;
+
 // T activation rows (x_stride apart, T <= kI8BatchRows) against kI8BatchWeightRows = 8 weight
 // rows (row_stride apart): each 32-element step of a weight row is widened once for all T rows,
 // whose sums stay in T x 8 registers; every 16 steps they are summed across lanes all at once
@@ -137,6 +143,10 @@ inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_sc
   static_assert(T >= 1 && kGroups <= 2);
   const int8_t* w[R];
   for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
+  // Prefetch distance: the next group of weight rows, at the same offset (MatmulNT takes the groups
+  // in order, and each group's weights stay in L1 over its calls), unless the group is too large
+  // for that to stay in L1 too; then as the row kernels, kI8PrefetchBytes ahead in each row.
+  const size_t ahead = R * row_stride <= kI8GroupPrefetchMax ? R * row_stride : kI8PrefetchBytes;
   __m512d total[2 * kGroups];  // total[t]: activation row t's sums against the 8 weight rows
   for (auto& v : total) v = _mm512_setzero_pd();
   // One 32-element step: activations and weights past k read as zeros where `m` masks them.
@@ -146,7 +156,7 @@ inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_sc
     for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_epi16(m, x + t * x_stride + i);
 #pragma GCC unroll 16
     for (int j = 0; j < R; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + kI8PrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w[j] + i) + ahead, _MM_HINT_T0);
       const __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w[j] + i));
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) acc[t * R + j] = MaddAcc<kVnni>(acc[t * R + j], xv[t], wv);
