@@ -258,11 +258,11 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 // AVX-512 row streams (AVX2 and portable: single dots): the threads take turns of 64 rows or
 // more, each split into kRowsI8 runs and a remainder (5 rows: runs of 1 and a remainder of 1;
 // 203 rows at 2 threads: turns of 64, 64, 64 and 11); k = 2100 makes each row longer than the
-// 2 KB prefetch distance. From 4 rows the AVX-512 batch kernel: 8 weight rows against groups of
-// 3 activation rows (n 4, 5, 16, 17: a last group of 1 or 2), with the weight rows a turn leaves
-// over one by one (m 5, 19, 53, 203), k past one 512-element flush (2100, 2112) and with a partial
-// last step (203, 2100). Or, for k a multiple of 64 on a CPU with AMX-INT8, pairs of 16-row weight
-// tiles (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33
+// 2 KB prefetch distance. From 4 rows the AVX-512 and AVX2 batch kernels: 8 weight rows against
+// groups of 3 activation rows (n 4, 5, 16, 17: a last group of 1 or 2), with the weight rows a
+// turn leaves over one by one (m 5, 19, 53, 203), k past one 512-element flush (2100, 2112) and
+// with a partial last step (203, 2100). Or, for k a multiple of 64 on a CPU with AMX-INT8, pairs
+// of 16-row weight tiles (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33
 // activation rows more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
   for (const int m : {5, 19, 53, 64, 70, 203}) {

@@ -2,6 +2,8 @@
 // CPU probe reports these features).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "cpu/kernels.h"
 
 namespace tpserve::kernels {
@@ -47,6 +49,71 @@ int64_t DotI8(const int16_t* x, const int8_t* w, int k) {
   return total;
 }
 
+// Eight int32 vectors summed lane by lane into one: lane i of the result is the sum of v[i]'s lanes.
+inline __m256i SumLanes8(const __m256i* v) {
+  const __m256i b0 = _mm256_hadd_epi32(v[0], v[1]), b1 = _mm256_hadd_epi32(v[2], v[3]);
+  const __m256i b2 = _mm256_hadd_epi32(v[4], v[5]), b3 = _mm256_hadd_epi32(v[6], v[7]);
+  const __m256i c0 = _mm256_hadd_epi32(b0, b1), c1 = _mm256_hadd_epi32(b2, b3);  // per 128-bit half
+  return _mm256_add_epi32(_mm256_permute2x128_si256(c0, c1, 0x20), _mm256_permute2x128_si256(c0, c1, 0x31));
+}
+
+// The AVX-512 batch kernel's contract (kernels.h: RowsI8BatchFn) with 16 registers: T (1 or 2)
+// activation rows against 4 weight rows, 8 sums in registers, each weight step widened once for
+// the T rows. Lanes are summed (SumLanes8) every 512 elements, within the int32 bound (8 lanes of
+// 32 steps of 2 * 127 * 32767), into double totals (exact), then scaled as MatmulNT scales.
+template <int T>
+void I8TileAvx2(const int16_t* x, size_t x_stride, const float* x_scales, const int8_t* first,
+                size_t row_stride, const float* row_scales, int k, float* y, size_t ldy) {
+  constexpr int R = 4;
+  const int8_t* w[R];
+  for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
+  __m256d total[T];
+  for (auto& v : total) v = _mm256_setzero_pd();
+  int i = 0;
+  while (i + 16 <= k) {
+    __m256i acc[8];
+    for (auto& v : acc) v = _mm256_setzero_si256();
+    const int end = std::min(k, i + 512);
+    for (; i + 16 <= end; i += 16) {
+      __m256i xv[T];
+      for (int t = 0; t < T; ++t)
+        xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + t * x_stride + i));
+      for (int j = 0; j < R; ++j) {
+        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j] + i)));
+        for (int t = 0; t < T; ++t)
+          acc[t * R + j] = _mm256_add_epi32(acc[t * R + j], _mm256_madd_epi16(xv[t], wv));
+      }
+    }
+    const __m256i sums = SumLanes8(acc);  // lanes t * 4 + j
+    total[0] = _mm256_add_pd(total[0], _mm256_cvtepi32_pd(_mm256_castsi256_si128(sums)));
+    if constexpr (T == 2)
+      total[1] = _mm256_add_pd(total[1], _mm256_cvtepi32_pd(_mm256_extracti128_si256(sums, 1)));
+  }
+  alignas(32) double out[T][R];
+  for (int t = 0; t < T; ++t) _mm256_store_pd(out[t], total[t]);
+  for (int t = 0; t < T; ++t) {
+    for (int j = 0; j < R; ++j) {
+      int64_t tail = 0;  // the last k % 16 elements
+      for (int e = i; e < k; ++e) tail += static_cast<int32_t>(x[t * x_stride + e]) * w[j][e];
+      const double dot = out[t][j] + static_cast<double>(tail);
+      y[t * ldy + j] = static_cast<float>(dot * x_scales[t] * row_scales[j]);
+    }
+  }
+}
+
+// kernels.h: RowsI8BatchFn. The 8 weight rows as two groups of 4, the activation rows in pairs.
+void RowsI8BatchAvx2(const int16_t* x, size_t x_stride, int rows, const float* x_scales, const int8_t* w,
+                     size_t row_stride, const float* row_scales, int k, float* y, size_t ldy) {
+  static_assert(kI8BatchWeightRows == 8);
+  for (int h = 0; h < 8; h += 4) {
+    for (int t = 0; t < rows; t += 2) {
+      (rows - t >= 2 ? I8TileAvx2<2> : I8TileAvx2<1>)(x + t * x_stride, x_stride, x_scales + t,
+                                                      w + h * row_stride, row_stride, row_scales + h, k,
+                                                      y + t * ldy + h, ldy);
+    }
+  }
+}
+
 template <typename T, __m256 (*Load)(const T*), float (*Scalar)(T)>
 float DotImpl(const float* x, const void* wv, int k) {
   const T* w = static_cast<const T*>(wv);
@@ -85,6 +152,7 @@ const CpuKernelTable* Avx2Kernels() {
     t.dot4[static_cast<int>(DType::kF16)] = Dot4<DotImpl<uint16_t, LoadF16, F16ToF32>>;
     t.dot4[static_cast<int>(DType::kBF16)] = Dot4<DotImpl<uint16_t, LoadBf16, Bf16ToF32>>;
     t.dot_i8 = DotI8;
+    t.rows_i8_batch = RowsI8BatchAvx2;
     return t;
   }();
   return &table;
