@@ -192,7 +192,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   for (const auto& [isa, table] : Int8Tables()) {
     const CpuKernelTable& kt = *table;
     ASSERT_NE(kt.dot_i8, nullptr) << isa;
-    for (int k : {1, 7, 16, 31, 32, 33, 100, 1001, 20000}) {
+    for (int k : {1, 7, 16, 31, 32, 33, 100, 512, 1001, 1024, 20000}) {
       for (bool extreme : {false, true}) {
         std::vector<int16_t> x(k + 3);
         std::vector<int8_t> w(kRowsI8 * (k + 3));
@@ -213,15 +213,17 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
           if (kt.rows_i8_batch != nullptr) {
-            // 1 .. kI8BatchRows activation rows (each x shifted by t) against kI8BatchWeightRows
-            // rows (w shifted by j), scaled: the exact dot in double, as MatmulNT stores it.
+            // 1 .. kI8BatchRows activation rows (each x shifted by t, the second negated) against
+            // kI8BatchWeightRows rows (w shifted by j, every other one negated: the extreme case's
+            // sums then differ in sign from output to output), scaled: the exact dot in double, as
+            // MatmulNT stores it.
             std::vector<int16_t> xb(kI8BatchRows * (k + 3));
             for (int t = 0; t < kI8BatchRows; ++t) {
-              for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = x[(i + t) % (k + 3)];
+              for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = (t == 1 ? -1 : 1) * x[(i + t) % (k + 3)];
             }
             std::vector<int8_t> wb(kI8BatchWeightRows * (k + 3));
             for (int j = 0; j < kI8BatchWeightRows; ++j) {
-              for (int i = 0; i < k + 3; ++i) wb[j * (k + 3) + i] = w[(i + j) % w.size()];
+              for (int i = 0; i < k + 3; ++i) wb[j * (k + 3) + i] = (j % 2 ? -1 : 1) * w[(i + j) % w.size()];
             }
             const float x_scales[] = {0.5f, 3e-5f, 1.7f},
                         row_scales[] = {1.f, 0.25f, 3e-3f, 7.f, 0.1f, 2.f, 1e-4f, 9.f};

@@ -74,6 +74,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   // The quantized rows start on cache lines (ldq: k rounded up to 64 bytes), so that the batch
   // kernel's 64-byte activation loads never straddle two lines.
   const int ldq = (k + 31) / 32 * 32;
+  static_assert(kAmxInt8Step % 32 == 0, "MatmulInt8Amx reads the rows at stride k: ldq must equal k there");
   AlignedVector<int16_t> xq(static_cast<size_t>(n) * ldq);
   std::vector<float> xs(n);
   for (int t = 0; t < n; ++t)
@@ -84,12 +85,12 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   // Batches on AMX-INT8 where the table allows it: the output rows in pairs of tiles; the rest below.
   int m0 = 0;
   if (kt.amx_int8 && n >= kAmxInt8MinRows && k % kAmxInt8Step == 0 && k < kAmxInt8MaxK &&
-      m >= 2 * kAmxTileRows) {  // (k a multiple of 64: ldq == k, as MatmulInt8Amx reads the rows)
+      m >= 2 * kAmxTileRows) {
     MatmulInt8Amx(xq.data(), xs.data(), n, w, row_scales, m, k, y);
     m0 = m / (2 * kAmxTileRows) * (2 * kAmxTileRows);
   }
   if (m0 == m) return;
-  const bool batch = n >= kI8BatchMinRows && kt.rows_i8_batch != nullptr;
+  const bool batch = kt.rows_i8_batch != nullptr && n >= (kt.rows_i8 != nullptr ? kI8BatchMinRows : 2);
   // The threads take the rows in turns (RowsPerTurn) rather than a fixed half each, which waits
   // for the slower core. (A 48-token bench-1b int8 decode at TP 1 x 2, 8 alternated pairs on the Zen 5 VM:
   // 1.03-1.15x faster in all 8.) Every output is one exact integer dot product, so the split

@@ -57,7 +57,7 @@ inline __m256i SumLanes8(const __m256i* v) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(c0, c1, 0x20), _mm256_permute2x128_si256(c0, c1, 0x31));
 }
 
-// The AVX-512 batch kernel's contract (kernels.h: RowsI8BatchFn) with 16 registers: T (1 or 2)
+// RowsI8BatchFn's contract (kernels.h) within AVX2's 16 registers: T (1 or 2)
 // activation rows against 4 weight rows, 8 sums in registers, each weight step widened once for
 // the T rows. Lanes are summed (SumLanes8) every 512 elements, within the int32 bound (8 lanes of
 // 32 steps of 2 * 127 * 32767), into double totals (exact), then scaled as MatmulNT scales.

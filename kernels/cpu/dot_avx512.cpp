@@ -152,6 +152,7 @@ const CpuKernelTable* Avx512Kernels() {
 }
 
 const CpuKernelTable* Avx512KernelsWithoutVnni() {
+  if (KernelsForIsa("avx512") == nullptr) return nullptr;
   static const CpuKernelTable table = MakeTable(false);
   return &table;
 }

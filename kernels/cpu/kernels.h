@@ -54,8 +54,11 @@ using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, 
 // Batches (several activation rows), straight to scaled outputs: y[t * ldy + j] = dot_i8(x + t *
 // x_stride, w + j * row_stride) * x_scales[t] * row_scales[j] (in double, rounded to float: MatmulNT's
 // int8 result) for `rows` activation rows (1 .. kI8BatchRows) against kI8BatchWeightRows weight rows,
-// each weight widened once for all the activation rows. MatmulNT takes it from kI8BatchMinRows
-// activation rows on.
+// each weight widened once for all the activation rows. The AVX-512 build prefetches assuming
+// MatmulNT's order: consecutive rows (row_stride = k), the groups of weight rows taken in turn.
+// MatmulNT takes it from kI8BatchMinRows activation rows on where the table has row streams
+// (rows_i8: below that, decode reads the weights from memory, and four streams read them fastest),
+// from 2 where it has not.
 inline constexpr int kI8BatchRows = 3;
 inline constexpr int kI8BatchWeightRows = 8;
 inline constexpr int kI8BatchMinRows = 4;
@@ -169,7 +172,7 @@ const CpuKernelTable& PortableKernels();
 const CpuKernelTable* Avx2Kernels();    // nullptr when not compiled in
 const CpuKernelTable* Avx512Kernels();  // nullptr when not compiled in
 // Avx512Kernels() with the int8 kernels' plain AVX-512 build (vpmaddwd + vpaddd) even where the
-// CPU has VNNI, so that tests cover both builds on one machine. Only where the CPU has AVX-512.
+// CPU has VNNI, so that tests cover both builds on one machine; nullptr where the CPU lacks AVX-512.
 const CpuKernelTable* Avx512KernelsWithoutVnni();
 
 // ISA names this CPU can run, best first (always ends with "portable").
