@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <dirent.h>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -60,14 +61,21 @@ TEST_F(Gateway, StreamedGreedyEqualsTpserveRunAtTp1AndTp2) {
     ASSERT_EQ(want.size(), 40u) << "tpserve run failed at np " << np;
     ServerProcess server(tiny(), np);
     ASSERT_TRUE(server.ready()) << server.log();
+    const auto sent = std::chrono::steady_clock::now();
     Collected got = GenerateAll(server, GreedyRequest(prompt, 40));
+    const double client_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - sent).count();
     ASSERT_TRUE(got.status.ok()) << got.status.error_message();
     EXPECT_EQ(got.ids, want) << "np " << np;
     EXPECT_EQ(got.final.finish_reason(), pb::FINISH_REASON_LENGTH);
     EXPECT_EQ(got.final.usage().completion_tokens(), 40);
     EXPECT_EQ(got.final.usage().prompt_tokens(), 4);
     if (np == 1) {
-      EXPECT_EQ(server.Info().allreduce_share(), 0.0) << "no all-reduce at TP 1";
+      const pb::ServerInfo info = server.Info();  // before the next idle heartbeat (1 s) reads 0
+      EXPECT_EQ(info.allreduce_share(), 0.0) << "no all-reduce at TP 1";
+      // The throughput window of a request that arrives after idling starts with the request, not
+      // at the last idle heartbeat: the server's rate is at least the client's.
+      EXPECT_GE(info.generation_tokens_per_s(), 40 / client_s)
+          << "the server's tokens/s window included idle time (client: 40 tokens in " << client_s << " s)";
     }
     EXPECT_EQ(server.Terminate(30), 0) << server.log();
   }

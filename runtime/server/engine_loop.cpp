@@ -73,7 +73,14 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     }
     TPS_RETURN_IF_ERROR(BroadcastPlan(tp, &plan));
     last_broadcast = Clock::now();
+    const bool was_idle = !engine.HasWork();
     engine.Apply(plan);
+    if (was_idle &&
+        engine.HasWork()) {  // work after idling: the window starts now, not at the last heartbeat
+      window_start = last_broadcast;
+      window_tokens = 0;
+      window_allreduce_s = tp.allreduce_seconds();
+    }
     if (plan.shutdown) break;
     if (IsHeartbeat(plan, engine)) {
       {
