@@ -9,6 +9,7 @@
 # GFLOP/s for 2 threads from minute to minute), and the case reports the repeat whose fraction of
 # the AMX peak (the FMA peak without AMX) is the median, all repeats listed beside it.
 #   perf/prefill_bench.sh [BUILD_DIR] [OUT_JSON]   env: CASES="1x2" FORMATS="bf16" PROMPT=512 REPEATS=3 MODEL=DIR
+# (FORMATS: f32, bf16, f16, or int8: --quantization int8, its integer multiply-adds counted as flops)
 set -euo pipefail
 BUILD="${1:-build}"
 OUT="${2:-perf/results/prefill_bench.json}"
@@ -20,11 +21,15 @@ source "$(dirname "$0")/bench_1b_model.sh"
 ids=$(python3 -c "print(','.join(str(3 + (i * 37) % 31000) for i in range($PROMPT)))")
 rows=()
 for fmt in $FORMATS; do
+  case "$fmt" in
+    int8) load=(--dtype bf16 --quantization int8) ;;  # int8 multiply-adds, against the same peaks
+    *) load=(--dtype "$fmt") ;;
+  esac
   for c in $CASES; do
     tp="${c%x*}"; th="${c#*x}"
     for rep in $(seq 1 "$REPEATS"); do
       p0=$("$BUILD/perf/peak_flops" --threads $((tp * th)))
-      run=$(mpirun --allow-run-as-root --bind-to none -np "$tp" "$BIN/tpserve" run --model-path "$MODEL" --dtype "$fmt" \
+      run=$(mpirun --allow-run-as-root --bind-to none -np "$tp" "$BIN/tpserve" run --model-path "$MODEL" "${load[@]}" \
               --threads "$th" --prompt-ids "$ids" --max-new-tokens 1 --json 2>"$WORK/run.err" | tail -1) ||
         { echo "prefill_bench: tpserve run failed ($fmt TP$tp x$th):" >&2; cat "$WORK/run.err" >&2; exit 1; }
       p1=$("$BUILD/perf/peak_flops" --threads $((tp * th)))
