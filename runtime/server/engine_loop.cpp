@@ -75,8 +75,8 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     last_broadcast = Clock::now();
     const bool was_idle = !engine.HasWork();
     engine.Apply(plan);
-    if (was_idle &&
-        engine.HasWork()) {  // work after idling: the window starts now, not at the last heartbeat
+    // Work after idling: the throughput window starts now, not at the last idle heartbeat.
+    if (was_idle && engine.HasWork()) {
       window_start = last_broadcast;
       window_tokens = 0;
       window_allreduce_s = tp.allreduce_seconds();
