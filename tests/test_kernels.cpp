@@ -192,7 +192,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   for (const auto& [isa, table] : Int8Tables()) {
     const CpuKernelTable& kt = *table;
     ASSERT_NE(kt.dot_i8, nullptr) << isa;
-    for (int k : {1, 7, 16, 31, 32, 33, 100, 512, 1001, 1024, 20000}) {
+    for (int k : {1, 7, 16, 31, 32, 33, 100, 512, 1001, 1024, 2048, 2080, 20000}) {
       for (bool extreme : {false, true}) {
         std::vector<int16_t> x(k + 3);
         std::vector<int8_t> w(kRowsI8 * (k + 3));
@@ -213,34 +213,41 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             for (int j = 0; j < kRowsI8; ++j) ASSERT_EQ(got4[j], want[j]) << isa << " rows k=" << k;
           }
           if (kt.rows_i8_batch != nullptr) {
-            // 1 .. kI8BatchRows activation rows (each x shifted by t, the second negated) against
-            // kI8BatchWeightRows rows (w shifted by j, every other one negated: the extreme case's
-            // sums then differ in sign from output to output), scaled: the exact dot in double, as
-            // MatmulNT stores it.
+            // Up to kI8BatchRows activation rows (each x shifted by t, every other one negated)
+            // against kI8BatchWeightRows rows (w shifted by j, every other one negated: the extreme
+            // case's sums then differ in sign from output to output), scaled: the exact dot in
+            // double, as MatmulNT stores it. Row counts that fill the kernel's register tiles (3)
+            // and leave 1 or 2 over.
             std::vector<int16_t> xb(kI8BatchRows * (k + 3));
             for (int t = 0; t < kI8BatchRows; ++t) {
-              for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = (t == 1 ? -1 : 1) * x[(i + t) % (k + 3)];
+              for (int i = 0; i < k + 3; ++i) xb[t * (k + 3) + i] = (t % 2 ? -1 : 1) * x[(i + t) % (k + 3)];
             }
             std::vector<int8_t> wb(kI8BatchWeightRows * (k + 3));
             for (int j = 0; j < kI8BatchWeightRows; ++j) {
               for (int i = 0; i < k + 3; ++i) wb[j * (k + 3) + i] = (j % 2 ? -1 : 1) * w[(i + j) % w.size()];
             }
-            const float x_scales[] = {0.5f, 3e-5f, 1.7f},
-                        row_scales[] = {1.f, 0.25f, 3e-3f, 7.f, 0.1f, 2.f, 1e-4f, 9.f};
-            static_assert(std::size(x_scales) >= kI8BatchRows && std::size(row_scales) >= kI8BatchWeightRows);
+            std::vector<float> x_scales(kI8BatchRows);
+            for (int t = 0; t < kI8BatchRows; ++t) x_scales[t] = std::ldexp(1.0f + 0.37f * t, (t % 7) - 12);
+            const float row_scales[] = {1.f, 0.25f, 3e-3f, 7.f, 0.1f, 2.f, 1e-4f, 9.f};
+            static_assert(std::size(row_scales) == kI8BatchWeightRows);
+            std::vector<int64_t> dots(kI8BatchRows * kI8BatchWeightRows, 0);
+            for (int t = 0; t < kI8BatchRows; ++t) {
+              for (int j = 0; j < kI8BatchWeightRows; ++j) {
+                for (int i = 0; i < k; ++i) {
+                  dots[t * kI8BatchWeightRows + j] +=
+                      static_cast<int64_t>(xb[t * (k + 3) + misalign + i]) * wb[j * (k + 3) + misalign + i];
+                }
+              }
+            }
             const int ldy = kI8BatchWeightRows + 5;
-            for (int n = 1; n <= kI8BatchRows; ++n) {
+            for (int n : {1, 2, 3, 4, 5, 7, kI8BatchRows}) {
               std::vector<float> got(n * ldy, -1.0f);
-              kt.rows_i8_batch(&xb[misalign], k + 3, n, x_scales, &wb[misalign], k + 3, row_scales, k,
+              kt.rows_i8_batch(&xb[misalign], k + 3, n, x_scales.data(), &wb[misalign], k + 3, row_scales, k,
                                got.data(), ldy);
               for (int t = 0; t < n; ++t) {
                 for (int j = 0; j < kI8BatchWeightRows; ++j) {
-                  int64_t dot = 0;
-                  for (int i = 0; i < k; ++i)
-                    dot +=
-                        static_cast<int64_t>(xb[t * (k + 3) + misalign + i]) * wb[j * (k + 3) + misalign + i];
-                  const float want =
-                      static_cast<float>(static_cast<double>(dot) * x_scales[t] * row_scales[j]);
+                  const float want = static_cast<float>(
+                      static_cast<double>(dots[t * kI8BatchWeightRows + j]) * x_scales[t] * row_scales[j]);
                   ASSERT_EQ(std::memcmp(&got[t * ldy + j], &want, 4), 0)
                       << isa << " batch k=" << k << " n=" << n << " t=" << t << " j=" << j << ": "
                       << got[t * ldy + j] << " want " << want;
@@ -261,11 +268,11 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 // more, each split into kRowsI8 runs and a remainder (5 rows: runs of 1 and a remainder of 1;
 // 203 rows at 2 threads: turns of 64, 64, 64 and 11); k = 2100 makes each row longer than the
 // 2 KB prefetch distance. From 4 rows the AVX-512 and AVX2 batch kernels: 8 weight rows against
-// groups of 3 activation rows (n 4, 5, 16, 17: a last group of 1 or 2), with the weight rows a
-// turn leaves over one by one (m 5, 19, 53, 203), k past one 512-element flush (2100, 2112) and
-// with a partial last step (203, 2100). Or, for k a multiple of 64 on a CPU with AMX-INT8, pairs
-// of 16-row weight tiles (m 53 and 70: one and two pairs with rows left over, 64: two and none; 17 and 33
-// activation rows more than one tile).
+// tiles of 3 (AVX2: 2) activation rows (n 4, 5, 16, 17: a last tile of 1 or 2), with the weight
+// rows a turn leaves over one by one (m 5, 19, 53, 203), k past one 2048-element block (2100,
+// 2112) and with a partial last step (203, 2100). Or, for k a multiple of 64 on a CPU with
+// AMX-INT8, pairs of 16-row weight tiles (m 53 and 70: one and two pairs with rows left over, 64: two and
+// none; 17 and 33 activation rows more than one tile).
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
   for (const int m : {5, 19, 53, 64, 70, 203}) {
     for (const int k : {203, 256, 2100, 2112}) {

@@ -99,24 +99,19 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
     o_begin += m0, o_end += m0;
     int o = o_begin;
     if (batch) {
-      // kI8BatchWeightRows consecutive weight rows (kept in L1) against kI8BatchRows activation
-      // rows at a time (the last group may have fewer), each weight widened once per group.
-      // (16 rows as groups of 3, 3, 3, 3, 2, 2 instead of five of 3 and one of 1 ran ~7 % slower.)
-      // A prefill's activations go in chunks of kI8ChunkRows rows (~200 KB at k = 2048), which
-      // stay in L2 while the turn's weights pass; all 512 rows of a prompt (2 MB) would come
-      // from L3 again for every group of weight rows.
+      // kI8BatchWeightRows consecutive weight rows against up to kI8BatchRows activation rows
+      // per call, each weight widened once per tile of activation rows. A prefill's activations
+      // go in chunks of kI8BatchRows rows (~200 KB at k = 2048), which stay in L2 while the
+      // turn's weights pass; all 512 rows of a prompt (2 MB) would come from L3 again for every
+      // group of weight rows.
       constexpr int R = kI8BatchWeightRows;
-      constexpr int kI8ChunkRows = 16 * kI8BatchRows;
       const int o_full = o_begin + (o_end - o_begin) / R * R;
-      for (int c0 = 0; c0 < n; c0 += kI8ChunkRows) {
-        const int c1 = std::min(n, c0 + kI8ChunkRows);
+      for (int c0 = 0; c0 < n; c0 += kI8BatchRows) {
         for (o = o_begin; o < o_full; o += R) {
-          for (int t = c0; t < c1; t += kI8BatchRows) {
-            kt.rows_i8_batch(&xq[static_cast<size_t>(t) * ldq], static_cast<size_t>(ldq),
-                             std::min(kI8BatchRows, c1 - t), &xs[t], w + static_cast<size_t>(o) * k,
-                             static_cast<size_t>(k), row_scales + o, k, y + static_cast<size_t>(t) * m + o,
-                             static_cast<size_t>(m));
-          }
+          kt.rows_i8_batch(&xq[static_cast<size_t>(c0) * ldq], static_cast<size_t>(ldq),
+                           std::min(kI8BatchRows, n - c0), &xs[c0], w + static_cast<size_t>(o) * k,
+                           static_cast<size_t>(k), row_scales + o, k, y + static_cast<size_t>(c0) * m + o,
+                           static_cast<size_t>(m));
         }
       }
       o = o_full;

@@ -121,36 +121,25 @@ inline __m512i SumLanes16(const __m512i* v) {
 // QuantizeRowInt8/Int16 give), so sixteen lanes of sixteen steps stay below 2^31.
 inline constexpr int kI8BatchFlushSteps = 16;
 
-// The largest group of weight rows (kI8BatchWeightRows rows) whose successor the batch kernel
-// prefetches as a whole. (One thread, 16 rows, this VM: 16 KB groups of k = 2048 ran 0.63 -> 0.79
-// of the packed bf16 rate with it, and small's lm_head 0.58 -> 0.79; 45 KB groups of k = 5632
-// fell 0.67 -> 0.60, and keep the in-row prefetch.)
-inline constexpr size_t kI8GroupPrefetchMax = 16 << 10;
+// Activation rows per register tile of the batch kernel (3 x 8 = 24 sums in registers).
+inline constexpr int kI8TileRows = 3;
+// The batch kernel goes through k in blocks of this many elements, all its activation rows in
+// one block before the next: 8 weight rows of a block (16 KB) stay in L1 while the tiles of
+// activation rows pass.
+inline constexpr int kI8BlockElems = 2048;
 
-// T activation rows (x_stride apart, T <= kI8BatchRows) against kI8BatchWeightRows = 8 weight
-// rows (row_stride apart): each 32-element step of a weight row is widened once for all T rows,
-// whose sums stay in T x 8 registers; every 16 steps they are summed across lanes all at once
-// (SumLanes16) into double totals, one vector of 8 per activation row (exact: integers below
-// 2^53). y[t * ldy + j] = total * x_scales[t] * row_scales[j] in double, rounded to float: the
-// same operations, so the same bits, as MatmulNT's scalar store of an exact integer dot.
+// T activation rows (x_stride apart) against the 8 weight rows w[] over elements [i0, i1): each
+// 32-element step of a weight row is widened once for the T rows, whose sums stay in T x 8
+// registers; every 16 steps they are summed across lanes all at once (SumLanes16) and added to
+// totals (T rows of 8 doubles; exact: integers below 2^53). Each step prefetches the line
+// `ahead` bytes on in each weight row (so each line twice; every other step: 0.93-1.0x, this VM).
 template <int T, bool kVnni>
-inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_scales, const int8_t* first,
-                            size_t row_stride, const float* row_scales, int k, float* y, size_t ldy) {
+inline void I8Block(const int16_t* x, size_t x_stride, const int8_t* const* w, size_t ahead, int i0, int i1,
+                    double* totals) {
   constexpr int R = kI8BatchWeightRows;
-  static_assert(R == 8, "a row's eight totals fill one vector of doubles");
   constexpr int kGroups = (T * R + 15) / 16;  // of 16 sums, each summed across lanes at once
   static_assert(T >= 1 && kGroups <= 2);
-  const int8_t* w[R];
-  for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
-  // Prefetch distance: the next group of weight rows, at the same offset (MatmulNT takes the groups
-  // in order, and each group's weights stay in L1 over its calls), unless the group is too large
-  // for that to stay in L1 too; then as the row kernels, kI8PrefetchBytes ahead in each row.
-  const size_t ahead = R * row_stride <= kI8GroupPrefetchMax ? R * row_stride : kI8PrefetchBytes;
-  // total[t]: activation row t's sums against the 8 weight rows (T < 2 * kGroups: the last stays 0).
-  __m512d total[2 * kGroups];
-  for (auto& v : total) v = _mm512_setzero_pd();
-  // One 32-element step: activations and weights past k read as zeros where `m` masks them. Each
-  // step prefetches, so each line twice (prefetching every other step: 0.93-1.0x, this VM).
+  // One 32-element step: activations and weights past i1 read as zeros where `m` masks them.
   auto step = [&](__m512i * acc, int i, __mmask32 m) __attribute__((always_inline)) {
     __m512i xv[T];
 #pragma GCC unroll 16
@@ -163,11 +152,11 @@ inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_sc
       for (int t = 0; t < T; ++t) acc[t * R + j] = MaddAcc<kVnni>(acc[t * R + j], xv[t], wv);
     }
   };
-  for (int i = 0; i < k;) {
+  for (int i = i0; i < i1;) {
     __m512i acc[16 * kGroups];
 #pragma GCC unroll 32
     for (int a = 0; a < 16 * kGroups; ++a) acc[a] = _mm512_setzero_si512();
-    const int end = std::min(k, i + kI8BatchFlushSteps * 32);
+    const int end = std::min(i1, i + kI8BatchFlushSteps * 32);
     for (; i + 32 <= end; i += 32) step(acc, i, ~__mmask32{0});
     if (i < end) {  // the last partial step of the row
       step(acc, i, static_cast<__mmask32>((1u << (end - i)) - 1u));
@@ -176,32 +165,58 @@ inline void RowsI8BatchImpl(const int16_t* x, size_t x_stride, const float* x_sc
 #pragma GCC unroll 2
     for (int g = 0; g < kGroups; ++g) {
       const __m512i sums = SumLanes16(acc + 16 * g);  // rows 2g (low half) and 2g + 1
-      total[2 * g] = _mm512_add_pd(total[2 * g], _mm512_cvtepi32_pd(_mm512_castsi512_si256(sums)));
-      total[2 * g + 1] =
-          _mm512_add_pd(total[2 * g + 1], _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(sums, 1)));
+      double* row = totals + 16 * g;
+      _mm512_storeu_pd(row,
+                       _mm512_add_pd(_mm512_loadu_pd(row), _mm512_cvtepi32_pd(_mm512_castsi512_si256(sums))));
+      if (2 * g + 1 < T) {
+        _mm512_storeu_pd(row + 8, _mm512_add_pd(_mm512_loadu_pd(row + 8),
+                                                _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(sums, 1))));
+      }
     }
-  }
-  const __m512d rs = _mm512_cvtps_pd(_mm256_loadu_ps(row_scales));
-#pragma GCC unroll 16
-  for (int t = 0; t < T; ++t) {
-    const __m512d v = _mm512_mul_pd(_mm512_mul_pd(total[t], _mm512_set1_pd(x_scales[t])), rs);
-    _mm256_storeu_ps(y + t * ldy, _mm512_cvtpd_ps(v));
   }
 }
 
-// RowsI8BatchImpl for rows = 1 .. kI8BatchRows activation rows.
+// kernels.h: RowsI8BatchFn. The rows go in tiles of kI8TileRows (the last may have fewer: 16 rows
+// as tiles of 3, 3, 3, 3, 2, 2 instead of five of 3 and one of 1 ran ~7 % slower), k in blocks of
+// kI8BlockElems; then y[t * ldy + j] = total * x_scales[t] * row_scales[j] in double,
+// rounded to float: the same operations, so the same bits, as MatmulNT's scalar store of an exact
+// integer dot. Prefetch: within a row, the next block's line at the same offset; in the last
+// block, the next group of weight rows' (MatmulNT takes them in order, row_stride = k). (One
+// thread, 16 rows, this VM: with the next group prefetched, 16 KB groups of k = 2048 ran 0.63 ->
+// 0.79 of the packed bf16 rate, and small's lm_head 0.58 -> 0.79.)
 template <bool kVnni>
 inline void RowsI8BatchAny(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
-                           const int8_t* w, size_t row_stride, const float* row_scales, int k, float* y,
+                           const int8_t* first, size_t row_stride, const float* row_scales, int k, float* y,
                            size_t ldy) {
-  static_assert(kI8BatchRows == 3);
-  switch (rows) {
-    case 1:
-      return RowsI8BatchImpl<1, kVnni>(x, x_stride, x_scales, w, row_stride, row_scales, k, y, ldy);
-    case 2:
-      return RowsI8BatchImpl<2, kVnni>(x, x_stride, x_scales, w, row_stride, row_scales, k, y, ldy);
-    default:
-      return RowsI8BatchImpl<3, kVnni>(x, x_stride, x_scales, w, row_stride, row_scales, k, y, ldy);
+  constexpr int R = kI8BatchWeightRows;
+  static_assert(R == 8, "a row's eight totals fill one vector of doubles");
+  const int8_t* w[R];
+  for (int j = 0; j < R; ++j) w[j] = first + j * row_stride;
+  alignas(64) double totals[kI8BatchRows * R];
+  std::fill_n(totals, rows * R, 0.0);
+  for (int b0 = 0; b0 < k; b0 += kI8BlockElems) {
+    const int b1 = std::min(k, b0 + kI8BlockElems);
+    const size_t ahead = b1 < k ? kI8BlockElems : R * row_stride - b0;
+    for (int t = 0; t < rows; t += kI8TileRows) {
+      const int16_t* xt = x + t * x_stride;
+      double* tt = totals + t * R;
+      switch (std::min(kI8TileRows, rows - t)) {
+        case 1:
+          I8Block<1, kVnni>(xt, x_stride, w, ahead, b0, b1, tt);
+          break;
+        case 2:
+          I8Block<2, kVnni>(xt, x_stride, w, ahead, b0, b1, tt);
+          break;
+        default:
+          I8Block<3, kVnni>(xt, x_stride, w, ahead, b0, b1, tt);
+      }
+    }
+  }
+  const __m512d rs = _mm512_cvtps_pd(_mm256_loadu_ps(row_scales));
+  for (int t = 0; t < rows; ++t) {
+    const __m512d v =
+        _mm512_mul_pd(_mm512_mul_pd(_mm512_load_pd(totals + t * R), _mm512_set1_pd(x_scales[t])), rs);
+    _mm256_storeu_ps(y + t * ldy, _mm512_cvtpd_ps(v));
   }
 }
 

@@ -54,12 +54,12 @@ using RowsI8Fn = void (*)(const int16_t* x, const int8_t* w, size_t row_stride, 
 // Batches (several activation rows), straight to scaled outputs: y[t * ldy + j] = dot_i8(x + t *
 // x_stride, w + j * row_stride) * x_scales[t] * row_scales[j] (in double, rounded to float: MatmulNT's
 // int8 result) for `rows` activation rows (1 .. kI8BatchRows) against kI8BatchWeightRows weight rows,
-// each weight widened once for all the activation rows. The AVX-512 build prefetches assuming
+// each weight step widened once per register tile of activation rows. The AVX-512 build prefetches assuming
 // MatmulNT's order: consecutive rows (row_stride = k), the groups of weight rows taken in turn.
 // MatmulNT takes it from kI8BatchMinRows activation rows on where the table has row streams
 // (rows_i8: below that, decode reads the weights from memory, and four streams read them fastest),
 // from 2 where it has not.
-inline constexpr int kI8BatchRows = 3;
+inline constexpr int kI8BatchRows = 48;
 inline constexpr int kI8BatchWeightRows = 8;
 inline constexpr int kI8BatchMinRows = 4;
 using RowsI8BatchFn = void (*)(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
