@@ -192,7 +192,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
   for (const auto& [isa, table] : Int8Tables()) {
     const CpuKernelTable& kt = *table;
     ASSERT_NE(kt.dot_i8, nullptr) << isa;
-    for (int k : {1, 7, 16, 31, 32, 33, 100, 512, 1001, 1024, 2048, 2080, 20000}) {
+    for (int k : {1, 7, 16, 31, 32, 33, 100, 512, 1001, 1024, 2048, 2080, 2100, 20000}) {
       for (bool extreme : {false, true}) {
         std::vector<int16_t> x(k + 3);
         std::vector<int8_t> w(kRowsI8 * (k + 3));
@@ -241,7 +241,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
             }
             const int ldy = kI8BatchWeightRows + 5;
             for (int n : {1, 2, 3, 4, 5, 7, kI8BatchRows}) {
-              std::vector<float> got(n * ldy, -1.0f);
+              std::vector<float> got((n + 1) * ldy, -1.0f);  // a row more: nothing may land there
               kt.rows_i8_batch(&xb[misalign], k + 3, n, x_scales.data(), &wb[misalign], k + 3, row_scales, k,
                                got.data(), ldy);
               for (int t = 0; t < n; ++t) {
@@ -255,6 +255,7 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
                 for (int j = kI8BatchWeightRows; j < ldy; ++j)
                   ASSERT_EQ(got[t * ldy + j], -1.0f) << "written past";
               }
+              for (int j = 0; j < ldy; ++j) ASSERT_EQ(got[n * ldy + j], -1.0f) << "written past row " << n;
             }
           }
         }
@@ -276,15 +277,15 @@ TEST(Kernels, Int8DotIsExactOnEveryIsa) {
 TEST(Kernels, Int8MatmulIsTheSameForEveryIsaBatchAndThreadCount) {
   for (const int m : {5, 19, 53, 64, 70, 203}) {
     for (const int k : {203, 256, 2100, 2112}) {
-      const std::vector<float> x = Random(33 * k, 41, 2.0f);
+      const std::vector<float> x = Random(97 * k, 41, 2.0f);
       Weights w = MakeWeights(Random(m * k, 42), DType::kI8, k);
-      std::vector<float> first(33 * m);
-      MatmulNT(PortableKernels(), x.data(), 33, w.bytes.data(), DType::kI8, m, k, first.data(),
+      std::vector<float> first(97 * m);
+      MatmulNT(PortableKernels(), x.data(), 97, w.bytes.data(), DType::kI8, m, k, first.data(),
                w.row_scales());
       for (const auto& [isa, table] : Int8Tables()) {
         for (int threads : {1, 2}) {
           SetThreads(threads);
-          for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33}) {
+          for (int n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33, 49, 97}) {
             std::vector<float> y(n * m);
             MatmulNT(*table, x.data(), n, w.bytes.data(), DType::kI8, m, k, y.data(), w.row_scales());
             ASSERT_EQ(std::memcmp(y.data(), first.data(), y.size() * 4), 0)

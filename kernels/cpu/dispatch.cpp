@@ -103,7 +103,9 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
       // per call, each weight widened once per tile of activation rows. A prefill's activations
       // go in chunks of kI8BatchRows rows (~200 KB at k = 2048), which stay in L2 while the
       // turn's weights pass; all 512 rows of a prompt (2 MB) would come from L3 again for every
-      // group of weight rows.
+      // group of weight rows. (At k = 14336 a chunk is 1.4 MB, more than this VM's L2; the
+      // kernel's k blocks keep each block's 192 KB in L2 still, and smaller chunks would stream
+      // the weights once more per chunk.)
       constexpr int R = kI8BatchWeightRows;
       const int o_full = o_begin + (o_end - o_begin) / R * R;
       for (int c0 = 0; c0 < n; c0 += kI8BatchRows) {
