@@ -80,7 +80,7 @@ void MatmulInt8(const CpuKernelTable& kt, const float* x, int n, const int8_t* w
   for (int t = 0; t < n; ++t)
     xs[t] = QuantizeRowInt16(x + static_cast<size_t>(t) * k, k, &xq[static_cast<size_t>(t) * ldq]);
   auto store = [&](int t, int o, int64_t dot) {
-    y[static_cast<size_t>(t) * m + o] = static_cast<float>(static_cast<double>(dot) * xs[t] * row_scales[o]);
+    y[static_cast<size_t>(t) * m + o] = ScaleInt8Dot(static_cast<double>(dot), xs[t], row_scales[o]);
   };
   // Batches on AMX-INT8 where the table allows it: the output rows in pairs of tiles; the rest below.
   int m0 = 0;

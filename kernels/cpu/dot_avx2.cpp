@@ -95,8 +95,7 @@ void I8TileAvx2(const int16_t* x, size_t x_stride, const float* x_scales, const 
     for (int j = 0; j < R; ++j) {
       int64_t tail = 0;  // the last k % 16 elements
       for (int e = i; e < k; ++e) tail += static_cast<int32_t>(x[t * x_stride + e]) * w[j][e];
-      const double dot = out[t][j] + static_cast<double>(tail);
-      y[t * ldy + j] = static_cast<float>(dot * x_scales[t] * row_scales[j]);
+      y[t * ldy + j] = ScaleInt8Dot(out[t][j] + static_cast<double>(tail), x_scales[t], row_scales[j]);
     }
   }
 }

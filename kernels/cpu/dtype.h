@@ -45,5 +45,11 @@ void ConvertDType(const void* src, DType src_type, void* dst, DType dst_type, si
 float QuantizeRowInt8(const float* w, int k, int8_t* q);
 // The same for one activation row to int16: scale = max|x| / 32767.
 float QuantizeRowInt16(const float* x, int k, int16_t* q);
+// An int8 product's output: the exact integer dot of a quantized activation row and an int8
+// weight row, times both scales in double, rounded to float. Every int8 path computes it in this
+// order (the vector kernels with the same operations), so they give the same bits.
+inline float ScaleInt8Dot(double dot, float x_scale, float row_scale) {
+  return static_cast<float>(dot * x_scale * row_scale);
+}
 
 }  // namespace tpserve::kernels

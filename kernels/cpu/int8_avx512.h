@@ -178,14 +178,13 @@ inline void I8Block(const int16_t* x, size_t x_stride, const int8_t* const* w, s
 
 // kernels.h: RowsI8BatchFn. The rows go in tiles of kI8TileRows (the last may have fewer: 16 rows
 // as tiles of 3, 3, 3, 3, 2, 2 instead of five of 3 and one of 1 ran ~7 % slower), k in blocks of
-// kI8BlockElems; then y[t * ldy + j] = total * x_scales[t] * row_scales[j] in double,
-// rounded to float: the same operations, so the same bits, as MatmulNT's scalar store of an exact
-// integer dot. Prefetch: within a row, the next block's line at the same offset; in the last
-// block, the next group of weight rows' line at the same offset from the block's start
-// (MatmulNT takes the groups in order, row_stride = k): the whole next group where k is one
-// block, its first k - b0 bytes a row otherwise. (One
-// thread, 16 rows, this VM: with the next group prefetched, 16 KB groups of k = 2048 ran 0.63 ->
-// 0.79 of the packed bf16 rate, and small's lm_head 0.58 -> 0.79.)
+// kI8BlockElems; then y[t * ldy + j] = total * x_scales[t] * row_scales[j] in double, rounded to
+// float: ScaleInt8Dot's operations in vectors, so the same bits. Prefetch: within a row, the next
+// block's line at the same offset; in the last block, the next group of weight rows' line at the
+// same offset from the block's start (MatmulNT takes the groups in order, row_stride = k): the
+// whole next group where k is one block, its first k - b0 bytes a row otherwise. (One thread, 16
+// rows, this VM: with the next group prefetched, 16 KB groups of k = 2048 ran 0.63 -> 0.79 of the
+// packed bf16 rate, and small's lm_head 0.58 -> 0.79.)
 template <bool kVnni>
 inline void RowsI8BatchAny(const int16_t* x, size_t x_stride, int rows, const float* x_scales,
                            const int8_t* first, size_t row_stride, const float* row_scales, int k, float* y,
