@@ -36,12 +36,18 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
   bool draining = false;
   auto drain_deadline = Clock::time_point::max();
   auto last_broadcast = Clock::now();
-  // Throughput window (tokens/s in GetServerInfo) and a status line every 10 s while busy.
-  auto window_start = Clock::now(), last_log = Clock::now();
+  // Throughput window (tokens/s and allreduce_share in GetServerInfo) and a status line every
+  // 10 s while busy. window_allreduce_s: tp's all-reduce seconds at the window's start.
+  Clock::time_point window_start, last_log = Clock::now();
   int64_t window_tokens = 0;
+  double window_allreduce_s = 0;
+  auto restart_window = [&](Clock::time_point at, double allreduce_s) {
+    window_start = at;
+    window_tokens = 0;
+    window_allreduce_s = allreduce_s;
+  };
+  restart_window(Clock::now(), tp.allreduce_seconds());
   int64_t dropped_uncounted = 0;  // requests cancelled before they reached the engine
-  // tp's all-reduce seconds at the window's start (allreduce_share in GetServerInfo)
-  double window_allreduce_s = tp.allreduce_seconds();
   const auto heartbeat = std::chrono::duration<double>(opts.heartbeat_s);
   for (;;) {
     if (stop_requested && !draining) {
@@ -76,11 +82,7 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
     const bool was_idle = !engine.HasWork();
     engine.Apply(plan);
     // Work after idling: the throughput window starts now, not at the last idle heartbeat.
-    if (was_idle && engine.HasWork()) {
-      window_start = last_broadcast;
-      window_tokens = 0;
-      window_allreduce_s = tp.allreduce_seconds();
-    }
+    if (was_idle && engine.HasWork()) restart_window(last_broadcast, tp.allreduce_seconds());
     if (plan.shutdown) break;
     if (IsHeartbeat(plan, engine)) {
       {
@@ -107,9 +109,7 @@ Status RunEngineLoopLeader(BatchEngine& engine, Communicator& tp, RequestQueue& 
         const double allreduce_s = tp.allreduce_seconds();
         counters.tokens_per_s = window_s > 0 ? window_tokens / window_s : 0.0;
         counters.allreduce_share = window_s > 0 ? (allreduce_s - window_allreduce_s) / window_s : 0.0;
-        window_start = now;
-        window_tokens = 0;
-        window_allreduce_s = allreduce_s;
+        restart_window(now, allreduce_s);
       }
       counters.engine = engine.stats();
       counters.generated_tokens += static_cast<int64_t>(events.size());
