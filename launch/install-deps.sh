@@ -10,6 +10,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libpcre2-dev libutf8proc-dev sentencepiece
+  libcpp-httplib-dev
   # Debian's oneDNN is built with its OpenCL runtime, so dnnl-config.cmake needs OpenCL (a
   # Recommends, which --no-install-recommends would skip).
   libdnnl-dev ocl-icd-opencl-dev libopenblas-dev

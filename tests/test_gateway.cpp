@@ -10,10 +10,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <thread>
 
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -213,6 +216,84 @@ TEST_F(Gateway, BadRequestsGetStatusesAndTheServerKeepsServing) {
   Collected ok = GenerateAll(server, GreedyRequest({1, 2}, 4));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.ids.size(), 4u);
+}
+
+// GET /metrics on the server's metrics port: each sample line's "name{labels}" and value.
+std::map<std::string, double> Scrape(int port) {
+  httplib::Client client("127.0.0.1", port);
+  auto res = client.Get("/metrics");
+  std::map<std::string, double> out;
+  if (!res || res->status != 200) {
+    ADD_FAILURE() << "GET /metrics on port " << port << " failed";
+    return out;
+  }
+  std::istringstream in(res->body);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t space = line.rfind(' ');
+    if (line.empty() || line[0] == '#' || space == std::string::npos) continue;
+    out[line.substr(0, space)] = std::stod(line.substr(space + 1));
+  }
+  return out;
+}
+
+TEST_F(Gateway, MetricsEndpointCountsRequestsTokensAndLatencies) {
+  const int metrics_port = testing::FreePort();
+  ServerProcess server(small(), 2, {"--metrics-port", std::to_string(metrics_port)});
+  ASSERT_TRUE(server.ready()) << server.log();
+  EXPECT_EQ(server.Info().flags().at("metrics_port"), std::to_string(metrics_port));
+  const std::string success = R"(tpserve_request_success_total{finished_reason="length"})";
+  const std::string invalid = R"(tpserve_request_failure_total{code="INVALID_ARGUMENT"})";
+  const std::string cancelled = R"(tpserve_request_failure_total{code="CANCELLED"})";
+  std::map<std::string, double> m = Scrape(metrics_port);
+  EXPECT_EQ(m[success], 0);
+  EXPECT_EQ(m["tpserve_generation_tokens_total"], 0);
+  EXPECT_EQ(m["tpserve_serving"], 1);
+
+  // Three requests: 2 + 3 + 4 prompt tokens, 5 + 6 + 7 new ones (so 4 + 5 + 6 gaps between tokens).
+  for (int i = 0; i < 3; ++i) {
+    Collected c = GenerateAll(server, GreedyRequest(std::vector<int32_t>(2 + i, 7), 5 + i));
+    ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  }
+  EXPECT_FALSE(GenerateAll(server, GreedyRequest({1}, 0)).status.ok());
+  m = Scrape(metrics_port);
+  EXPECT_EQ(m[success], 3);
+  EXPECT_EQ(m[invalid], 1);
+  EXPECT_EQ(m["tpserve_prompt_tokens_total"], 9);
+  EXPECT_EQ(m["tpserve_generation_tokens_total"], 18);
+  EXPECT_EQ(m["tpserve_time_to_first_token_seconds_count"], 3);
+  EXPECT_EQ(m["tpserve_inter_token_latency_seconds_count"], 15);
+  EXPECT_EQ(m["tpserve_e2e_request_latency_seconds_count"], 3);
+  EXPECT_GT(m["tpserve_time_to_first_token_seconds_sum"], 0);
+  // Each request's end-to-end time holds its first token and every gap after it.
+  EXPECT_GE(m["tpserve_e2e_request_latency_seconds_sum"],
+            m["tpserve_time_to_first_token_seconds_sum"] + m["tpserve_inter_token_latency_seconds_sum"]);
+
+  // A cancelled stream: counted as CANCELLED, and its blocks are free again at once.
+  {
+    auto stub = pb::TpServe::NewStub(server.channel());
+    grpc::ClientContext ctx;
+    auto reader = stub->Generate(&ctx, GreedyRequest({1, 2, 3}, 1500));
+    pb::GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));
+    EXPECT_GT(Scrape(metrics_port)["tpserve_kv_cache_usage_ratio"], 0);
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  for (int i = 0; i < 200; ++i) {  // up to 2 s for the handler and the engine to see it
+    m = Scrape(metrics_port);
+    if (m[cancelled] == 1 && m["tpserve_num_requests_running"] == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(m[cancelled], 1);
+  EXPECT_EQ(m["tpserve_num_requests_running"], 0);
+  EXPECT_EQ(m["tpserve_num_requests_waiting"], 0);
+  EXPECT_EQ(m["tpserve_kv_cache_usage_ratio"], 0);
+  EXPECT_EQ(m["tpserve_kv_cache_free_blocks"], m["tpserve_kv_cache_total_blocks"]);
+  EXPECT_EQ(m["tpserve_generation_tokens_total"], static_cast<double>(server.Info().generated_tokens()));
+  EXPECT_EQ(m[success], 3);
 }
 
 TEST_F(Gateway, ApiKeyIsRequiredOnEveryRpc) {
@@ -511,6 +592,16 @@ TEST_F(Gateway, ATakenPortIsAStartupError) {
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(rc, 124) << "must not start serving";
   EXPECT_NE(out.find("cannot listen on 127.0.0.1:" + port), std::string::npos) << out;
+  // The same for the metrics endpoint, on a free gRPC port.
+  const std::string metrics_out =
+      testing::RunCommand("timeout 60 mpirun --oversubscribe --allow-run-as-root -np 1 " + testing::BinDir() +
+                              "/tpserve serve --model-path " + tiny() + " --port " +
+                              std::to_string(testing::FreePort()) + " --metrics-port " + port + " 2>&1",
+                          &rc);
+  EXPECT_NE(rc, 0) << metrics_out;
+  EXPECT_NE(rc, 124) << "must not start serving";
+  EXPECT_NE(metrics_out.find("cannot serve metrics on 127.0.0.1:" + port), std::string::npos) << metrics_out;
+  EXPECT_NE(metrics_out.find("--metrics-port"), std::string::npos) << metrics_out;
   const pb::ServerInfo info = first.Info();  // the first server still answers
   EXPECT_GT(info.kv_cache_total_blocks(), 0);
 }

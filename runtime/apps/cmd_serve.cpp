@@ -34,8 +34,18 @@ struct ServeFlags {
   int max_queued_requests = 1024;
   std::string kv_cache_size;  // "" | tokens ("65536") | bytes per rank ("2GiB", "512MB")
   double mem_fraction_static = 0.4;
+  bool enable_metrics = false;
+  int metrics_port = -1;  // -1: --port + 1 (with --enable-metrics)
   LoopOptions loop;
 };
+
+// The metrics endpoint's port for GatewayOptions: -1 (off) unless --enable-metrics or
+// --metrics-port; by default the gRPC port + 1 (any free port when --port is 0).
+int MetricsPort(const ServeFlags& f) {
+  if (f.metrics_port >= 0) return f.metrics_port;
+  if (!f.enable_metrics) return -1;
+  return f.gateway.port > 0 ? f.gateway.port + 1 : 0;
+}
 
 // Rank 0 only: the gateway, with the facts GetModelInfo / GetServerInfo report.
 Status StartGateway(const ServeFlags& f, const Job& job, BatchEngine& engine, RequestQueue& queue,
@@ -77,9 +87,11 @@ Status StartGateway(const ServeFlags& f, const Job& job, BatchEngine& engine, Re
                 {"kv_cache_dtype", kernels::DTypeName(engine.kv_pool().dtype())},
                 {"enable_deterministic_inference", f.job.deterministic ? "true" : "false"},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
-                {"tls", f.gateway.tls_cert.empty() ? "off" : "on"}};
+                {"tls", f.gateway.tls_cert.empty() ? "off" : "on"},
+                {"metrics_port", std::to_string(MetricsPort(f))}};
   GatewayOptions opts = f.gateway;
   opts.engine_cpus = job.kernel_cpus;
+  opts.metrics_port = MetricsPort(f);
   TPS_ASSIGN_OR_RETURN(*out, Gateway::Start(opts, info, queue, counters,
                                             [&engine](const RequestSpec& s) { return engine.Validate(s); }));
   return Status();
@@ -187,6 +199,11 @@ int Serve(const ServeFlags& f, int argc, char** argv) {
   log::Info("serving {} on {}:{} (tp={}, context {}, isa {}, bf16 batches {})", f.job.load.model_path,
             f.gateway.host, gateway->port(), job.parallel.tp_size, engine.context_length(),
             kernels::ActiveKernels().isa, kernels::PackedBatchKernels());
+  if (gateway->metrics_port() >= 0) {
+    const bool v6 = f.gateway.host.find(':') != std::string::npos;
+    log::Info("Prometheus metrics on http://{}{}{}:{}/metrics", v6 ? "[" : "", f.gateway.host, v6 ? "]" : "",
+              gateway->metrics_port());
+  }
   Status st = RunEngineLoopLeader(engine, *job.tp, queue, counters, g_stop, f.loop);
   if (!st.ok()) {
     log::Error("engine loop failed: {}", st.message());
@@ -212,6 +229,12 @@ CommandMain AddServeCommand(CLI::App& app) {
   cmd->add_option("--api-key", f->gateway.api_key, "Require 'authorization: Bearer KEY' on every RPC");
   cmd->add_option("--tls-cert", f->gateway.tls_cert, "TLS certificate chain (PEM)");
   cmd->add_option("--tls-key", f->gateway.tls_key, "TLS private key (PEM)");
+  cmd->add_flag("--enable-metrics", f->enable_metrics,
+                "Serve Prometheus metrics over HTTP at /metrics (on --host, port --metrics-port)");
+  cmd->add_option(
+         "--metrics-port", f->metrics_port,
+         "Port of the metrics endpoint (default: --port + 1; 0: any free port); implies --enable-metrics")
+      ->check(CLI::Range(0, 65535));
   cmd->add_option("--max-message-bytes", f->gateway.max_message_bytes, "Largest request accepted")
       ->capture_default_str();
   cmd->add_option("--max-prompt-tokens", f->gateway.max_prompt_tokens,

@@ -36,6 +36,9 @@ struct ServerCounters {
   // Set while rank 0 waits in a heartbeat barrier: past this time the other ranks are late by
   // more than LoopOptions::stall_s and the health service reports NOT_SERVING.
   std::chrono::steady_clock::time_point stalled_after = std::chrono::steady_clock::time_point::max();
+  // The health service's answer (mu held): not draining, and no rank late for the heartbeat
+  // (hung: requests would wait for the collective timeout).
+  bool ServingLocked() const { return !draining && std::chrono::steady_clock::now() <= stalled_after; }
 };
 
 // Rank 0. Returns when a shutdown was requested (stop_requested) and the engine drained or the

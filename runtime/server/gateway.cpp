@@ -20,6 +20,8 @@
 #include "common/log.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "model/tokenizer/chat_template.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "tpserve.grpc.pb.h"
 
 namespace tpserve {
@@ -29,6 +31,38 @@ namespace health = ::grpc::health::v1;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+// The status code's name, as grpc.h spells it (the label of tpserve_request_failure_total).
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
 
 // A message for the client: without the " [file.cpp:line]" that TPS_ERROR appends (those stay in
 // the server's log; a client has no use for the server's source paths).
@@ -48,6 +82,7 @@ struct Shared {
   RequestQueue* queue;
   const ServerCounters* counters;
   Gateway::Validator validate;
+  std::unique_ptr<ServingMetrics> metrics;
   Clock::time_point started = Clock::now();
   std::atomic<bool> shutting_down{false};
 
@@ -162,6 +197,15 @@ class TpServeService final : public pb::TpServe::Service {
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* writer) override {
+    const Clock::time_point arrived = Clock::now();
+    grpc::Status st = GenerateStream(ctx, req, writer, arrived);
+    if (!st.ok()) sh_.metrics->Failed(CodeName(st.error_code()));
+    return st;
+  }
+
+  // Generate, less the failure count.
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
+                              grpc::ServerWriter<pb::GenerateResponse>* writer, Clock::time_point arrived) {
     if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
     RequestSpec spec;
     if (auto st = ToSpec(sh_, *req, &spec); !st.ok()) return st;
@@ -191,6 +235,9 @@ class TpServeService final : public pb::TpServe::Service {
       }
       if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ForClient(up.abort_message));
       if (up.tokens.empty() && !up.done()) continue;
+      if (completion == 0 && !up.tokens.empty())
+        sh_.metrics->FirstToken(prompt_tokens, up.time_to_first_token_s);
+      sh_.metrics->InterTokenGaps(up.token_gaps_s);
       pb::GenerateResponse msg;
       FinishReason finish = up.finish;
       for (size_t i = 0; i < up.tokens.size(); ++i) {
@@ -222,7 +269,11 @@ class TpServeService final : public pb::TpServe::Service {
         sh_.queue->Cancel(ch->id());
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client disconnected");
       }
-      if (finish != FinishReason::kNone) return grpc::Status::OK;
+      if (finish != FinishReason::kNone) {
+        sh_.metrics->Finished(finish == FinishReason::kStop ? "stop" : "length",
+                              std::chrono::duration<double>(Clock::now() - arrived).count());
+        return grpc::Status::OK;
+      }
     }
   }
 
@@ -284,7 +335,7 @@ class TpServeService final : public pb::TpServe::Service {
   grpc::Status GetServerInfo(grpc::ServerContext* ctx, const pb::GetServerInfoRequest*,
                              pb::ServerInfo* out) override {
     if (auto st = sh_.Authorize(ctx); !st.ok()) return st;
-    out->set_version("0.1.0");
+    out->set_version(kVersion);
     const ParallelConfig& p = sh_.info.parallel;
     out->set_world_size(p.world_size);
     out->set_tp_size(p.tp_size);
@@ -350,11 +401,8 @@ class HealthService final : public health::Health::Service {
   static bool Known(const std::string& s) { return s.empty() || s == "tpserve.v1.TpServe"; }
   health::HealthCheckResponse::ServingStatus Current() const {
     std::lock_guard<std::mutex> lock(sh_.counters->mu);
-    // Draining, or another rank late for the idle heartbeat (hung: requests would wait for the
-    // collective timeout).
-    const bool stalled = Clock::now() > sh_.counters->stalled_after;
-    return sh_.counters->draining || stalled ? health::HealthCheckResponse::NOT_SERVING
-                                             : health::HealthCheckResponse::SERVING;
+    return sh_.counters->ServingLocked() ? health::HealthCheckResponse::SERVING
+                                         : health::HealthCheckResponse::NOT_SERVING;
   }
   Shared& sh_;
 };
@@ -408,6 +456,7 @@ struct Gateway::Impl {
   std::unique_ptr<TpServeService> api;
   std::unique_ptr<HealthService> health;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<MetricsHttpServer> metrics_http;
   int port = 0;
 };
 
@@ -417,6 +466,9 @@ Gateway::~Gateway() {
 }
 int Gateway::port() const {
   return impl_->port;
+}
+int Gateway::metrics_port() const {
+  return impl_->metrics_http ? impl_->metrics_http->port() : -1;
 }
 
 // gRPC's threads (its executors, timers, pollers and handlers) are all born in a thread that runs
@@ -445,6 +497,13 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
   impl->shared.queue = &queue;
   impl->shared.counters = &counters;
   impl->shared.validate = std::move(validate);
+  impl->shared.metrics = std::make_unique<ServingMetrics>(
+      std::map<std::string, std::string>{{"version", kVersion},
+                                         {"model_path", info.model_path},
+                                         {"model_type", info.config.model_type},
+                                         {"weight_dtype", info.weight_dtype},
+                                         {"tp_size", std::to_string(info.parallel.tp_size)},
+                                         {"cpu_isa", info.cpu_isa}});
 
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (opts.tls_cert.empty() != opts.tls_key.empty()) {
@@ -484,12 +543,19 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
         "--host)",
         addr);
   }
+  if (opts.metrics_port >= 0) {
+    const Shared& sh = impl->shared;
+    TPS_ASSIGN_OR_RETURN(impl->metrics_http, MetricsHttpServer::Start(opts.host, opts.metrics_port, [&sh] {
+                           return sh.metrics->Render(*sh.counters);
+                         }));
+  }
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }
 
 void Gateway::Shutdown() {
   if (!impl_ || !impl_->server) return;
   impl_->shared.shutting_down = true;
+  if (impl_->metrics_http) impl_->metrics_http->Stop();
   impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   impl_->server->Wait();
   impl_->server.reset();

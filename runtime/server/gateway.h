@@ -26,6 +26,7 @@ struct GatewayOptions {
   std::string tls_cert, tls_key;    // PEM files; both or neither
   int max_message_bytes = 4 << 20;  // larger requests get RESOURCE_EXHAUSTED
   int max_prompt_tokens = 0;        // 0: the context length - 1
+  int metrics_port = -1;            // Prometheus /metrics over HTTP on host: -1 off, 0 any free port
   // Rank 0's kernel CPUs: gRPC's threads run on the host's other CPUs where there are any (see
   // Gateway::Start). Empty: any CPU.
   std::vector<int> engine_cpus;
@@ -51,6 +52,7 @@ class Gateway {
                                                 Validator validate);
   ~Gateway();
   int port() const;
+  int metrics_port() const;  // -1 when off
   // Stops accepting RPCs and waits for the handlers (streams end once the queue aborts them).
   void Shutdown();
 

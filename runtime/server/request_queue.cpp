@@ -16,7 +16,10 @@ void RequestChannel::Push(const TokenEvent& ev) {
       has_first_ = true;
       first_token_ = now;
       pending_.time_to_first_token_s = std::chrono::duration<double>(now - created_).count();
+    } else {
+      pending_.token_gaps_s.push_back(std::chrono::duration<double>(now - last_token_).count());
     }
+    last_token_ = now;
     pending_.tokens.push_back(ev.token);
     pending_.logprobs.push_back(ev.logprob);
     if (ev.finish != FinishReason::kNone) {

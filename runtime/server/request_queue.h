@@ -29,6 +29,9 @@ struct StreamUpdate {
   bool client_gone = false;  // the engine dropped it: the client cancelled or disconnected
   std::string abort_message;
   double time_to_first_token_s = 0, decode_time_s = 0;
+  // For each of `tokens` after the request's first: the time since its previous token, as the
+  // engine delivered them (the gateway may read several at once).
+  std::vector<double> token_gaps_s;
   bool done() const { return finish != FinishReason::kNone || aborted; }
 };
 
@@ -54,7 +57,7 @@ class RequestChannel {
  private:
   const uint64_t id_;
   const std::chrono::steady_clock::time_point created_;
-  std::chrono::steady_clock::time_point first_token_;
+  std::chrono::steady_clock::time_point first_token_, last_token_;
   std::mutex mu_;
   std::condition_variable cv_;
   StreamUpdate pending_;

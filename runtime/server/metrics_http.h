@@ -1,0 +1,31 @@
+// The HTTP endpoint that Prometheus scrapes: GET /metrics answers with the text exposition format
+// (0.0.4); any other path is 404. It runs beside the gRPC gateway on rank 0, on its own port.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace tpserve {
+
+class MetricsHttpServer {
+ public:
+  using Render = std::function<std::string()>;
+  // Listens on host:port (0: any free port) and serves from a thread of its own. The thread is
+  // born in the caller's thread and inherits its scheduling (see Gateway::Start). A taken port
+  // is an error naming the flag to change.
+  static Result<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host, int port, Render render);
+  ~MetricsHttpServer();  // Stop()
+  int port() const { return port_; }
+  void Stop();
+
+ private:
+  struct Impl;
+  MetricsHttpServer(std::unique_ptr<Impl> impl, int port);
+  std::unique_ptr<Impl> impl_;
+  int port_;
+};
+
+}  // namespace tpserve
