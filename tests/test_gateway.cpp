@@ -179,7 +179,8 @@ void ExpectRejected(const ServerProcess& server, const pb::GenerateRequest& req,
 }
 
 TEST_F(Gateway, BadRequestsGetStatusesAndTheServerKeepsServing) {
-  ServerProcess server(tiny(), 2, {"--max-message-bytes", "65536"});
+  // (Also SGLang's name for turning the prefix cache off.)
+  ServerProcess server(tiny(), 2, {"--max-message-bytes", "65536", "--disable-radix-cache"});
   ASSERT_TRUE(server.ready()) << server.log();
   using grpc::StatusCode;
   pb::GenerateRequest empty;
@@ -213,9 +214,12 @@ TEST_F(Gateway, BadRequestsGetStatusesAndTheServerKeepsServing) {
   text.set_text("hello");
   text.set_max_new_tokens(4);
   ExpectRejected(server, text, StatusCode::INVALID_ARGUMENT, "tokenizer");
-  Collected ok = GenerateAll(server, GreedyRequest({1, 2}, 4));
+  Collected ok = GenerateAll(server, GreedyRequest(std::vector<int32_t>(20, 9), 4));  // fills a block
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.ids.size(), 4u);
+  const pb::ServerInfo info = server.Info();
+  EXPECT_EQ(info.flags().at("prefix_cache"), "off");
+  EXPECT_EQ(info.prefix_cache_blocks(), 0);
 }
 
 // GET /metrics on the server's metrics port: each sample line's "name{labels}" and value.
@@ -294,6 +298,24 @@ TEST_F(Gateway, MetricsEndpointCountsRequestsTokensAndLatencies) {
   EXPECT_EQ(m["tpserve_kv_cache_free_blocks"], m["tpserve_kv_cache_total_blocks"]);
   EXPECT_EQ(m["tpserve_generation_tokens_total"], static_cast<double>(server.Info().generated_tokens()));
   EXPECT_EQ(m[success], 3);
+  EXPECT_EQ(m["tpserve_prefix_cache_hits_total"], 0);  // no prompt so far filled a block of 16
+
+  // The same 40-token prompt twice: the second finds 2 blocks of the first (32 tokens; its last
+  // token is always computed) and gets the same greedy tokens.
+  std::vector<int32_t> prompt;
+  for (int j = 0; j < 40; ++j) prompt.push_back((5 + 29 * j) % 1000);
+  const Collected first = GenerateAll(server, GreedyRequest(prompt, 8));
+  const Collected second = GenerateAll(server, GreedyRequest(prompt, 8));
+  ASSERT_TRUE(first.status.ok() && second.status.ok());
+  EXPECT_EQ(second.ids, first.ids);
+  m = Scrape(metrics_port);
+  EXPECT_EQ(m["tpserve_prefix_cache_hits_total"], 32);
+  EXPECT_EQ(m["tpserve_prefix_cache_queries_total"], 2 + 3 + 4 + 3 + 40 + 40);
+  EXPECT_GT(m["tpserve_prefix_cache_blocks"], 0);
+  const pb::ServerInfo info = server.Info();
+  EXPECT_EQ(info.prefix_cache_hit_tokens(), 32);
+  EXPECT_EQ(info.flags().at("prefix_cache"), "on");
+  EXPECT_EQ(info.kv_cache_free_blocks(), info.kv_cache_total_blocks());  // cached blocks are free to take
 }
 
 TEST_F(Gateway, ApiKeyIsRequiredOnEveryRpc) {

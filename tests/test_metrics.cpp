@@ -118,6 +118,9 @@ TEST(Metrics, RenderCountsWhatWasRecordedAndTheEngineGauges) {
   c.engine.kv_total_blocks = 100;
   c.engine.kv_free_blocks = 25;
   c.engine.kv_capacity_tokens = 1600;
+  c.engine.prefix_cached_blocks = 6;
+  c.engine.prefix_query_tokens = 300;
+  c.engine.prefix_hit_tokens = 96;
   c.generated_tokens = 42;
   c.tokens_per_s = 12.5;
 
@@ -153,6 +156,9 @@ TEST(Metrics, RenderCountsWhatWasRecordedAndTheEngineGauges) {
   EXPECT_DOUBLE_EQ(s.at("tpserve_kv_cache_usage_ratio"), 0.75);
   EXPECT_EQ(s.at("tpserve_kv_cache_free_blocks"), 25);
   EXPECT_EQ(s.at("tpserve_kv_cache_capacity_tokens"), 1600);
+  EXPECT_EQ(s.at("tpserve_prefix_cache_blocks"), 6);
+  EXPECT_EQ(s.at("tpserve_prefix_cache_queries_total"), 300);
+  EXPECT_EQ(s.at("tpserve_prefix_cache_hits_total"), 96);
   EXPECT_DOUBLE_EQ(s.at("tpserve_generation_tokens_per_second"), 12.5);
   EXPECT_EQ(s.at("tpserve_serving"), 1);
   EXPECT_GT(s.at("process_start_time_seconds"), 1.7e9);

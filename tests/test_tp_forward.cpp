@@ -331,6 +331,125 @@ TEST_P(TpForward, ContextLengthCapsPromptPlusNewTokens) {
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 
+// Each request's (token, logprob) pairs, with `rounds` run one after the other in one engine, so
+// that a later round finds an earlier one's blocks in the prefix cache; *stats: the engine's at
+// the end.
+using Emitted = std::map<uint64_t, std::vector<std::pair<int32_t, float>>>;
+Emitted RunRounds(LlamaModel& model, const EngineOptions& opts,
+                  const std::vector<std::vector<RequestSpec>>& rounds, EngineStats* stats) {
+  BatchEngine engine(model, opts);
+  Emitted out;
+  for (const auto& round : rounds) {
+    StepPlan plan;
+    plan.add = round;
+    engine.Apply(plan);
+    while (engine.HasWork()) {
+      auto events = engine.Step();
+      EXPECT_TRUE(events.ok()) << events.status().message();
+      if (!events.ok()) break;
+      for (const TokenEvent& e : *events) out[e.id].push_back({e.token, e.logprob});
+    }
+  }
+  *stats = engine.stats();
+  return out;
+}
+
+// Prompts that share prefixes with a first request A (40 tokens, then 12 new ones), in three
+// rounds: A alone; then B (A's first 35 tokens), C (A's prompt) and D (A's first 20) together;
+// then F, a next turn: A's prompt, A's answer and 4 more tokens. With blocks of 16 tokens, B and
+// C find 2 of A's blocks, D 1, and F 3 (the third holds 8 of A's generated tokens): 128 tokens.
+std::vector<std::vector<RequestSpec>> SharedPrefixRounds(const std::vector<int32_t>& a_answer,
+                                                         bool logprobs) {
+  std::vector<int32_t> p;
+  for (int j = 0; j < 40; ++j) p.push_back((11 + 37 * j) % 1000);
+  auto req = [logprobs](uint64_t id, std::vector<int32_t> prompt) {
+    RequestSpec r;
+    r.id = id;
+    r.prompt = std::move(prompt);
+    r.max_new_tokens = 12;
+    r.ignore_eos = true;
+    r.logprobs = logprobs;
+    return r;
+  };
+  auto with_tail = [](std::vector<int32_t> head, int n, int seed) {
+    for (int j = 0; j < n; ++j) head.push_back((seed + 53 * j) % 1000);
+    return head;
+  };
+  std::vector<int32_t> f = p;
+  f.insert(f.end(), a_answer.begin(), a_answer.end());
+  return {{req(1, p)},
+          {req(2, with_tail({p.begin(), p.begin() + 35}, 5, 3)), req(3, p),
+           req(4, with_tail({p.begin(), p.begin() + 20}, 20, 7))},
+          {req(5, with_tail(f, 4, 9))}};
+}
+
+// Prefix cache: requests whose prompts start with cached blocks share them and prefill only the
+// rest, and get the tokens they get without the cache; every block is free again at idle.
+TEST_P(TpForward, PrefixCacheSharesBlocksAndKeepsTheTokens) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "prefix");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  EngineOptions off;
+  off.prefix_cache = false;
+  EngineStats off_stats, on_stats;
+  // A's answer first (F's prompt holds it), from a cache-less run of round 1.
+  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, false)[0]}, &off_stats);
+  std::vector<int32_t> a_answer;
+  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
+  const auto rounds = SharedPrefixRounds(a_answer, false);
+  const Emitted want = RunRounds(model, off, rounds, &off_stats);
+  const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
+  ASSERT_EQ(got.size(), 5u);
+  for (const auto& [id, pairs] : want) {
+    ASSERT_EQ(got.at(id).size(), pairs.size()) << "request " << id;
+    for (size_t i = 0; i < pairs.size(); ++i)
+      EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
+  }
+  EXPECT_EQ(on_stats.prefix_hit_tokens, 128);
+  EXPECT_EQ(on_stats.prefix_query_tokens, 40 + 40 + 40 + 40 + 56);
+  EXPECT_EQ(off_stats.prefix_hit_tokens, 0);
+  EXPECT_EQ(off_stats.prefix_query_tokens, on_stats.prefix_query_tokens);
+  EXPECT_GT(on_stats.prefix_cached_blocks, 0);
+  EXPECT_EQ(off_stats.prefix_cached_blocks, 0);
+  EXPECT_EQ(on_stats.kv_free_blocks, on_stats.kv_total_blocks);  // cached blocks are free to take
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// Deterministic mode in bf16: a request that finds its prefix in the cache gets bit-for-bit the
+// tokens and logprobs it gets without the cache.
+TEST_P(TpForward, DeterministicBf16PrefixCacheHitsAreBitwiseUncached) {
+  SyntheticSpec spec = GetParam();
+  spec.dtype = kernels::DType::kBF16;
+  const std::string dir = SharedSyntheticModel(*world_, spec, "detprefix");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  model.SetDeterministic(true);
+  EngineOptions off;
+  off.prefix_cache = false;
+  EngineStats off_stats, on_stats;
+  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, true)[0]}, &off_stats);
+  std::vector<int32_t> a_answer;
+  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
+  const auto rounds = SharedPrefixRounds(a_answer, true);
+  const Emitted want = RunRounds(model, off, rounds, &off_stats);
+  const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
+  EXPECT_EQ(on_stats.prefix_hit_tokens, 128);
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [id, pairs] : want) {
+    ASSERT_EQ(got.at(id).size(), pairs.size()) << "request " << id;
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
+      EXPECT_EQ(std::memcmp(&got.at(id)[i].second, &pairs[i].second, sizeof(float)), 0)
+          << "request " << id << " token " << i << ": logprob " << got.at(id)[i].second << " vs "
+          << pairs[i].second;
+    }
+  }
+  model.SetDeterministic(false);
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
 SyntheticSpec Spec(const char* arch, bool tied, bool llama3) {
   SyntheticSpec s;
   s.preset = "tiny";

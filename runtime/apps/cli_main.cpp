@@ -72,8 +72,10 @@ double Percentile(std::vector<double> v, double p) {
 // the client, from message arrival times. All streams run on one thread through gRPC's async API
 // (one completion queue): the client usually shares the host with the server in benches, and a
 // thread per stream cost ~2x the CPU per token (a wake-up for every message of every stream).
+// Prompts are random ids; the first `shared_prefix_len` of them are the same in every request (a
+// common system prompt: what a server's prefix cache is for).
 int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int concurrency, int total,
-            int prompt_len, int max_new_tokens, uint64_t seed) {
+            int prompt_len, int shared_prefix_len, int max_new_tokens, uint64_t seed) {
   using Clock = std::chrono::steady_clock;
   auto stub = pb::TpServe::NewStub(channel);
   pb::ModelInfo mi;
@@ -103,10 +105,11 @@ int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int co
   auto start_next = [&] {  // the next request, if any is left
     if (next >= total) return;
     const int id = next++;
-    std::mt19937_64 rng(seed * 1000003 + id);
+    std::mt19937_64 shared(seed * 1000003 + 999999937), rng(seed * 1000003 + id);
     pb::GenerateRequest req;
     for (int i = 0; i < prompt_len; ++i)
-      req.mutable_token_ids()->add_ids(static_cast<int32_t>(rng() % mi.vocab_size()));
+      req.mutable_token_ids()->add_ids(
+          static_cast<int32_t>((i < shared_prefix_len ? shared() : rng()) % mi.vocab_size()));
     req.set_max_new_tokens(max_new_tokens);
     req.set_ignore_eos(true);
     auto* call = new Call;
@@ -163,6 +166,7 @@ int RunLoad(const Common& common, std::shared_ptr<grpc::Channel> channel, int co
                         {"requests", total},
                         {"errors", errors},
                         {"prompt_len", prompt_len},
+                        {"shared_prefix_len", shared_prefix_len},
                         {"max_new_tokens", max_new_tokens},
                         {"duration_s", secs},
                         {"requests_per_s", (total - errors) / secs},
@@ -220,13 +224,15 @@ int main(int argc, char** argv) {
   gen->add_flag("--ignore-eos", ignore_eos);
   gen->add_flag("--logprobs", logprobs);
   gen->add_flag("--json", json, "Print one JSON object at the end instead of streaming ids");
-  int concurrency = 1, requests = 0, prompt_len = 32;
+  int concurrency = 1, requests = 0, prompt_len = 32, shared_prefix_len = 0;
   uint64_t load_seed = 0;
   CLI::App* load =
       app.add_subcommand("load", "Load test: concurrent streams; prints throughput and latency (JSON)");
   load->add_option("--concurrency", concurrency, "Streams in flight")->capture_default_str();
   load->add_option("--requests", requests, "Requests in all (default: 4 x concurrency)");
   load->add_option("--prompt-len", prompt_len, "Prompt tokens (random ids)")->capture_default_str();
+  load->add_option("--shared-prefix-len", shared_prefix_len, "Of those, leading tokens every request shares")
+      ->capture_default_str();
   load->add_option("--max-new-tokens", max_new_tokens, "Tokens per request (EOS ignored)")
       ->capture_default_str();
   load->add_option("--seed", load_seed, "Seed of the random prompts")->capture_default_str();
@@ -244,9 +250,15 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   auto channel = Connect(common);
-  if (load->parsed())
+  if (load->parsed()) {
+    if (shared_prefix_len < 0 || shared_prefix_len > prompt_len) {
+      std::cerr << "tpserve-cli: --shared-prefix-len " << shared_prefix_len << " must be in [0, --prompt-len "
+                << prompt_len << "]\n";
+      return 2;
+    }
     return RunLoad(common, channel, concurrency, requests > 0 ? requests : 4 * concurrency, prompt_len,
-                   max_new_tokens, load_seed);
+                   shared_prefix_len, max_new_tokens, load_seed);
+  }
   if (gen->parsed()) {
     if (!text.empty()) {
       req.set_text(text);

@@ -86,6 +86,7 @@ Status StartGateway(const ServeFlags& f, const Job& job, BatchEngine& engine, Re
                 {"chunked_prefill_size", std::to_string(f.engine.chunked_prefill_size)},
                 {"kv_cache_dtype", kernels::DTypeName(engine.kv_pool().dtype())},
                 {"enable_deterministic_inference", f.job.deterministic ? "true" : "false"},
+                {"prefix_cache", f.engine.prefix_cache ? "on" : "off"},
                 {"api_key", f.gateway.api_key.empty() ? "" : "(set)"},
                 {"tls", f.gateway.tls_cert.empty() ? "off" : "on"},
                 {"metrics_port", std::to_string(MetricsPort(f))}};
@@ -254,6 +255,9 @@ CommandMain AddServeCommand(CLI::App& app) {
          "--mem-fraction-static", f->mem_fraction_static,
          "KV cache = this fraction of the host's available memory (after weights), split over its ranks")
       ->capture_default_str();
+  cmd->add_flag(
+      "--disable-prefix-cache,--disable-radix-cache", [f](std::int64_t) { f->engine.prefix_cache = false; },
+      "Prefill every prompt in full instead of sharing the cached KV blocks of an equal prefix");
   cmd->add_option("--shutdown-timeout", f->loop.shutdown_timeout_s,
                   "Seconds to finish requests after SIGTERM")
       ->capture_default_str();

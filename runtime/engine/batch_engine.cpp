@@ -26,7 +26,8 @@ struct BatchEngine::Sequence {
   RequestSpec spec;
   std::vector<int32_t> tokens;  // prompt, then generated
   int generated = 0;
-  SequenceKv kv;  // kv.length < tokens.size() - 1 while the prompt is still being prefilled
+  SequenceKv kv;             // kv.length < tokens.size() - 1 while the prompt is still being prefilled
+  PrefixCache::Chain chain;  // kv.blocks[0, chain.blocks) are in the prefix cache
   std::mt19937_64 rng;
 };
 
@@ -184,6 +185,7 @@ BatchEngine::BatchEngine(LlamaModel& model, EngineOptions opts)
               }
               return *t;
             }()),
+      cache_(pool_, opts.prefix_cache),
       logits_(model.local_vocab()) {}
 
 BatchEngine::~BatchEngine() = default;
@@ -196,7 +198,7 @@ void BatchEngine::Apply(const StepPlan& plan) {
   auto drop = [this](uint64_t id) {
     for (auto it = running_.begin(); it != running_.end(); ++it) {
       if ((*it)->spec.id == id) {
-        pool_.Free(&(*it)->kv.blocks);
+        cache_.Release(&(*it)->kv.blocks);
         running_.erase(it);
         return;
       }
@@ -213,7 +215,7 @@ void BatchEngine::Apply(const StepPlan& plan) {
     waiting_.push_back(std::move(s));
   }
   if (plan.shutdown) {
-    for (auto& s : running_) pool_.Free(&s->kv.blocks);
+    for (auto& s : running_) cache_.Release(&s->kv.blocks);
     running_.clear();
     waiting_.clear();
   }
@@ -221,11 +223,20 @@ void BatchEngine::Apply(const StepPlan& plan) {
 
 Result<std::vector<TokenEvent>> BatchEngine::Step() {
   const ModelConfig& cfg = model_.config();
-  // FCFS admission: the head of the queue waits until its whole reservation fits.
+  // FCFS admission: the head of the queue waits until its whole reservation fits. Its prompt's
+  // cached prefix is shared; at least its last prompt token is computed, for the logits.
   while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_running_requests) {
     Sequence& s = *waiting_.front();
     const int64_t blocks = KvCachePool::BlocksFor(ReservedTokens(s.spec, context_), pool_.block_size());
-    if (!pool_.Allocate(blocks, &s.kv.blocks)) break;
+    const int prompt = static_cast<int>(s.tokens.size());
+    const int shared = cache_.Match(s.tokens, prompt - 1, &s.kv.blocks, &s.chain);
+    if (!cache_.Allocate(blocks - shared, &s.kv.blocks)) {
+      cache_.Release(&s.kv.blocks);
+      break;
+    }
+    s.kv.length = shared * pool_.block_size();
+    prefix_query_tokens_ += prompt;
+    prefix_hit_tokens_ += s.kv.length;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -249,6 +260,9 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
   if (items.empty()) return events;
   logits_.resize(items.size() * static_cast<size_t>(model_.local_vocab()));  // (items, local vocab)
   TPS_RETURN_IF_ERROR(model_.ForwardBatch(items, pool_, logits_.data()));
+  for (auto& sp : running_) {  // blocks that this pass filled join the prefix cache
+    cache_.Register(sp->kv.blocks, sp->tokens, sp->kv.length / pool_.block_size(), &sp->chain);
+  }
   // Token choice: every greedy sequence in one all-gather, sampled ones one by one (rank 0 draws).
   const size_t vocab = static_cast<size_t>(model_.local_vocab());
   std::vector<float*> greedy_logits;
@@ -293,7 +307,7 @@ Result<std::vector<TokenEvent>> BatchEngine::Step() {
     if (e.finish == FinishReason::kNone) continue;
     auto it =
         std::find_if(running_.begin(), running_.end(), [&](const auto& s) { return s->spec.id == e.id; });
-    pool_.Free(&(*it)->kv.blocks);
+    cache_.Release(&(*it)->kv.blocks);
     running_.erase(it);
   }
   return events;
@@ -305,10 +319,13 @@ EngineStats BatchEngine::stats() const {
   st.waiting = static_cast<int>(waiting_.size());
   st.kv_block_size = pool_.block_size();
   st.kv_total_blocks = pool_.num_blocks();
-  st.kv_free_blocks = pool_.free_blocks();
+  st.kv_free_blocks = cache_.available_blocks();
   st.kv_capacity_tokens = pool_.capacity_tokens();
   st.kv_used_tokens = (st.kv_total_blocks - st.kv_free_blocks) * st.kv_block_size;
   st.kv_used_bytes = st.kv_used_tokens * pool_.bytes_per_token();
+  st.prefix_cached_blocks = cache_.cached_blocks();
+  st.prefix_query_tokens = prefix_query_tokens_;
+  st.prefix_hit_tokens = prefix_hit_tokens_;
   return st;
 }
 

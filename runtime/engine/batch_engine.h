@@ -4,7 +4,9 @@
 //
 // Per Step(): admit waiting requests (FCFS) while fewer than max_running_requests run and the
 // paged KV cache has free blocks for the request's whole reservation (so a running sequence never
-// runs out of cache, and nothing needs preempting); a request that does not fit waits. Then one
+// runs out of cache, and nothing needs preempting); a request that does not fit waits. A request
+// whose prompt starts with blocks that the prefix cache holds shares them and starts its prefill
+// after them (engine/prefix_cache.h). Then one
 // batched forward pass: one decode token of every sequence past its prompt, plus prompt chunks of
 // the others in admission order, at most chunked_prefill_size prompt tokens per step. A sequence
 // whose prompt completes (or that decoded) gets its next token (distributed argmax for greedy,
@@ -22,6 +24,7 @@
 #include "common/status.h"
 #include "cpu/aligned.h"
 #include "engine/llama.h"
+#include "engine/prefix_cache.h"
 #include "engine/step_plan.h"
 
 namespace tpserve {
@@ -43,6 +46,7 @@ struct EngineOptions {
   int kv_block_size = KvCachePool::kDefaultBlockSize;
   int chunked_prefill_size = 2048;  // max prompt tokens prefilled per step over all sequences; 0: no limit
   std::string kv_cache_dtype = "auto";  // auto | float32 | bfloat16 (KvCacheDtype)
+  bool prefix_cache = true;             // reuse cached KV blocks of equal prompt prefixes
 };
 
 // The KV cache's element type for --kv-cache-dtype: "auto" is bf16 where the model's weights are
@@ -53,11 +57,14 @@ Result<kernels::DType> KvCacheDtype(const std::string& name, const LlamaModel& m
 struct EngineStats {
   int running = 0;
   int waiting = 0;
-  int64_t kv_capacity_tokens = 0;  // blocks x block size
-  int64_t kv_used_tokens = 0;      // tokens of the blocks held by running sequences
-  int64_t kv_used_bytes = 0;       // this rank's bytes of those blocks
-  int64_t kv_total_blocks = 0, kv_free_blocks = 0;
+  int64_t kv_capacity_tokens = 0;                   // blocks x block size
+  int64_t kv_used_tokens = 0;                       // tokens of the blocks held by running sequences
+  int64_t kv_used_bytes = 0;                        // this rank's bytes of those blocks
+  int64_t kv_total_blocks = 0, kv_free_blocks = 0;  // free: what a new request can get
   int kv_block_size = 0;
+  // Prefix cache: blocks it holds (shared or unreferenced; the unreferenced ones count as free),
+  // and since start, prompt tokens of admitted requests and those of them found in the cache.
+  int64_t prefix_cached_blocks = 0, prefix_query_tokens = 0, prefix_hit_tokens = 0;
 };
 
 // Checks a request against the model and cache limits (the same answer on every rank).
@@ -103,6 +110,8 @@ class BatchEngine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   KvCachePool pool_;
+  PrefixCache cache_;  // owns the pool's blocks from here on
+  int64_t prefix_query_tokens_ = 0, prefix_hit_tokens_ = 0;
   // (items, local vocab) scratch, on cache lines (see LlamaModel::Scratch)
   kernels::AlignedVector<float> logits_;
 };

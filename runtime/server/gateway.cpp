@@ -353,6 +353,9 @@ class TpServeService final : public pb::TpServe::Service {
     out->set_kv_cache_total_blocks(c.engine.kv_total_blocks);
     out->set_kv_cache_free_blocks(c.engine.kv_free_blocks);
     out->set_kv_cache_block_size(c.engine.kv_block_size);
+    out->set_prefix_cache_blocks(c.engine.prefix_cached_blocks);
+    out->set_prefix_cache_query_tokens(c.engine.prefix_query_tokens);
+    out->set_prefix_cache_hit_tokens(c.engine.prefix_hit_tokens);
     out->set_generation_tokens_per_s(c.tokens_per_s);
     out->set_allreduce_share(c.allreduce_share);
     out->set_running_requests(c.engine.running);

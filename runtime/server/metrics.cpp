@@ -182,6 +182,13 @@ std::string ServingMetrics::Render(const ServerCounters& counters) const {
           static_cast<double>(e.kv_free_blocks));
   w.Gauge("tpserve_kv_cache_capacity_tokens", "Tokens the KV cache holds.",
           static_cast<double>(e.kv_capacity_tokens));
+  w.Gauge("tpserve_prefix_cache_blocks", "KV blocks the prefix cache holds (shared or free to take).",
+          static_cast<double>(e.prefix_cached_blocks));
+  w.Counter("tpserve_prefix_cache_queries_total",
+            "Prompt tokens of admitted requests, looked up in the prefix cache.",
+            static_cast<double>(e.prefix_query_tokens));
+  w.Counter("tpserve_prefix_cache_hits_total", "Of those, tokens found in the prefix cache (not prefilled).",
+            static_cast<double>(e.prefix_hit_tokens));
   w.Gauge("tpserve_generation_tokens_per_second",
           "Tokens generated per second over the last second or so of work.", counters.tokens_per_s);
   w.Gauge("tpserve_allreduce_share", "Share of rank 0's time in tensor-parallel all-reduces, same window.",
