@@ -45,7 +45,7 @@ for rep in $(seq 1 "$REPEATS"); do
       # private tails are not cached by the one before.
       "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:${port[$mode]}" load --concurrency "$c" \
         --requests $((c * ROUNDS)) --prompt-len "$PROMPT_LEN" --shared-prefix-len "$SHARED" \
-        --max-new-tokens "$TOKENS" --seed "$rep" |
+        --max-new-tokens "$TOKENS" --seed $((rep * 1000 + c)) |
         sed "s/^{/{\"repeat\":$rep,\"mode\":\"$mode\",/" | tee -a "$WORK/points.jsonl" >&2
     done
   done

@@ -253,6 +253,12 @@ TEST_F(Gateway, MetricsEndpointCountsRequestsTokensAndLatencies) {
   EXPECT_EQ(m[success], 0);
   EXPECT_EQ(m["tpserve_generation_tokens_total"], 0);
   EXPECT_EQ(m["tpserve_serving"], 1);
+  {
+    httplib::Client client("127.0.0.1", metrics_port);
+    auto health = client.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+  }
 
   // Three requests: 2 + 3 + 4 prompt tokens, 5 + 6 + 7 new ones (so 4 + 5 + 6 gaps between tokens).
   for (int i = 0; i < 3; ++i) {

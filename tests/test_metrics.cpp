@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -176,12 +177,16 @@ TEST(Metrics, AnEmptyCacheReadsZeroUsage) {
   EXPECT_EQ(Parse(m.Render(c)).samples.at("tpserve_kv_cache_usage_ratio"), 0);
 }
 
-TEST(MetricsHttp, ServesMetricsAnswers404ElsewhereAndATakenPortIsAnError) {
-  int renders = 0;
-  auto server = MetricsHttpServer::Start("127.0.0.1", 0, [&renders] {
-    ++renders;
-    return std::string("# HELP x An example.\n# TYPE x gauge\nx 1\n");
-  });
+TEST(MetricsHttp, ServesMetricsAndHealthAnswers404ElsewhereAndATakenPortIsAnError) {
+  std::atomic<int> renders{0};
+  std::atomic<bool> healthy{true};
+  auto server = MetricsHttpServer::Start(
+      "127.0.0.1", 0,
+      [&renders] {
+        ++renders;
+        return std::string("# HELP x An example.\n# TYPE x gauge\nx 1\n");
+      },
+      [&healthy] { return healthy.load(); });
   ASSERT_TRUE(server.ok()) << server.status().message();
   const int port = (*server)->port();
   ASSERT_GT(port, 0);
@@ -192,13 +197,23 @@ TEST(MetricsHttp, ServesMetricsAnswers404ElsewhereAndATakenPortIsAnError) {
   EXPECT_EQ(res->body, "# HELP x An example.\n# TYPE x gauge\nx 1\n");
   EXPECT_EQ(res->get_header_value("Content-Type").rfind("text/plain; version=0.0.4", 0), 0u)
       << res->get_header_value("Content-Type");
-  EXPECT_EQ(renders, 1);
+  EXPECT_EQ(renders.load(), 1);
   auto missing = client.Get("/nope");
   ASSERT_TRUE(missing);
   EXPECT_EQ(missing->status, 404);
-  EXPECT_EQ(renders, 1);
+  EXPECT_EQ(renders.load(), 1);
+  auto health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, "SERVING\n");
+  healthy = false;
+  health = client.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(health->body, "NOT_SERVING\n");
 
-  auto second = MetricsHttpServer::Start("127.0.0.1", port, [] { return std::string(); });
+  auto second = MetricsHttpServer::Start(
+      "127.0.0.1", port, [] { return std::string(); }, [] { return true; });
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("--metrics-port"), std::string::npos) << second.status().message();
 

@@ -333,17 +333,24 @@ TEST_P(TpForward, ContextLengthCapsPromptPlusNewTokens) {
 
 // Each request's (token, logprob) pairs, with `rounds` run one after the other in one engine, so
 // that a later round finds an earlier one's blocks in the prefix cache; *stats: the engine's at
-// the end.
+// the end. cancel: a request id cancelled after cancel_after steps of its round (0: none).
 using Emitted = std::map<uint64_t, std::vector<std::pair<int32_t, float>>>;
 Emitted RunRounds(LlamaModel& model, const EngineOptions& opts,
-                  const std::vector<std::vector<RequestSpec>>& rounds, EngineStats* stats) {
+                  const std::vector<std::vector<RequestSpec>>& rounds, EngineStats* stats,
+                  uint64_t cancel = 0, int cancel_after = 0) {
   BatchEngine engine(model, opts);
   Emitted out;
   for (const auto& round : rounds) {
     StepPlan plan;
     plan.add = round;
     engine.Apply(plan);
-    while (engine.HasWork()) {
+    for (int step = 0; engine.HasWork(); ++step) {
+      if (step == cancel_after &&
+          std::any_of(round.begin(), round.end(), [&](const RequestSpec& r) { return r.id == cancel; })) {
+        StepPlan stop;
+        stop.cancel = {cancel};
+        engine.Apply(stop);
+      }
       auto events = engine.Step();
       EXPECT_TRUE(events.ok()) << events.status().message();
       if (!events.ok()) break;
@@ -413,6 +420,48 @@ TEST_P(TpForward, PrefixCacheSharesBlocksAndKeepsTheTokens) {
   EXPECT_GT(on_stats.prefix_cached_blocks, 0);
   EXPECT_EQ(off_stats.prefix_cached_blocks, 0);
   EXPECT_EQ(on_stats.kv_free_blocks, on_stats.kv_total_blocks);  // cached blocks are free to take
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// The prefix cache when memory is short, prompts go in chunks and a request is cancelled: a pool
+// of 8 blocks of 16 tokens (a request reserves 4 or 5), 3 requests running at most, 8 prompt tokens
+// per step. In round 2, D finds its first block cached but cannot get 3 more until C (which
+// shares A's first two blocks with B) is cancelled, so its admission lets the shared block go
+// again and waits; blocks join the cache in the middle of chunked prefills, and later
+// allocations evict cached ones. The tokens are those of the same engine without the cache (C's
+// up to its cancel), and every block is free at idle.
+TEST_P(TpForward, PrefixCacheWithShortMemoryChunkedPrefillAndACancel) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "prefixmem");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  EngineOptions on;
+  on.kv_cache_blocks = 8;
+  on.max_running_requests = 3;
+  on.chunked_prefill_size = 8;
+  EngineOptions off = on;
+  off.prefix_cache = false;
+  EngineStats off_stats, on_stats;
+  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, false)[0]}, &off_stats);
+  std::vector<int32_t> a_answer;
+  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
+  const auto rounds = SharedPrefixRounds(a_answer, false);
+  const Emitted want = RunRounds(model, off, rounds, &off_stats, /*cancel=*/3, /*cancel_after=*/3);
+  const Emitted got = RunRounds(model, on, rounds, &on_stats, /*cancel=*/3, /*cancel_after=*/3);
+  for (uint64_t id : {1, 2, 4, 5}) {
+    ASSERT_EQ(got.at(id).size(), 12u) << "request " << id;
+    ASSERT_EQ(want.at(id).size(), 12u) << "request " << id;
+    for (size_t i = 0; i < 12; ++i) EXPECT_EQ(got.at(id)[i].first, want.at(id)[i].first) << id << " " << i;
+  }
+  if (got.count(3) > 0) {  // what the cancelled request emitted is a prefix of its uncached tokens
+    const auto full = RunRounds(model, off, {rounds[1]}, &off_stats).at(3);
+    ASSERT_LE(got.at(3).size(), full.size());
+    for (size_t i = 0; i < got.at(3).size(); ++i) EXPECT_EQ(got.at(3)[i].first, full[i].first) << i;
+  }
+  EXPECT_GT(on_stats.prefix_hit_tokens, 0);
+  EXPECT_GT(on_stats.prefix_cached_blocks, 0);
+  EXPECT_EQ(on_stats.kv_free_blocks, on_stats.kv_total_blocks);
+  EXPECT_EQ(on_stats.kv_total_blocks, 8);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 

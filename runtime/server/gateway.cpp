@@ -59,6 +59,16 @@ const char* CodeName(grpc::StatusCode code) {
       return "UNAVAILABLE";
     case grpc::StatusCode::UNAUTHENTICATED:
       return "UNAUTHENTICATED";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
     default:
       return "UNKNOWN";
   }
@@ -210,6 +220,9 @@ class TpServeService final : public pb::TpServe::Service {
     RequestSpec spec;
     if (auto st = ToSpec(sh_, *req, &spec); !st.ok()) return st;
     const int prompt_tokens = static_cast<int>(spec.prompt.size());
+    // The channel times the first token from its submission; the metrics count from the RPC's
+    // arrival (validation and tokenization included), as the end-to-end latency does.
+    const double before_submit_s = std::chrono::duration<double>(Clock::now() - arrived).count();
     auto ch_or = sh_.queue->Submit(std::move(spec));
     if (!ch_or.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ForClient(ch_or.status().message()));
     std::shared_ptr<RequestChannel> ch = std::move(ch_or).value();
@@ -236,7 +249,7 @@ class TpServeService final : public pb::TpServe::Service {
       if (up.aborted) return grpc::Status(grpc::StatusCode::UNAVAILABLE, ForClient(up.abort_message));
       if (up.tokens.empty() && !up.done()) continue;
       if (completion == 0 && !up.tokens.empty())
-        sh_.metrics->FirstToken(prompt_tokens, up.time_to_first_token_s);
+        sh_.metrics->FirstToken(prompt_tokens, before_submit_s + up.time_to_first_token_s);
       sh_.metrics->InterTokenGaps(up.token_gaps_s);
       pb::GenerateResponse msg;
       FinishReason finish = up.finish;
@@ -508,6 +521,18 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
                                          {"tp_size", std::to_string(info.parallel.tp_size)},
                                          {"cpu_isa", info.cpu_isa}});
 
+  // The metrics endpoint first: a taken metrics port fails the start before gRPC serves at all.
+  if (opts.metrics_port >= 0) {
+    const Shared& sh = impl->shared;
+    TPS_ASSIGN_OR_RETURN(impl->metrics_http,
+                         MetricsHttpServer::Start(
+                             opts.host, opts.metrics_port, [&sh] { return sh.metrics->Render(*sh.counters); },
+                             [&sh] {
+                               std::lock_guard<std::mutex> lock(sh.counters->mu);
+                               return sh.counters->ServingLocked();
+                             }));
+    impl->shared.info.flags["metrics_port"] = std::to_string(impl->metrics_http->port());  // the bound one
+  }
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (opts.tls_cert.empty() != opts.tls_key.empty()) {
     return TPS_ERROR("--tls-cert and --tls-key go together: pass both PEM files, or neither");
@@ -545,12 +570,6 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
         "cannot listen on {}: the port is taken or the address is not local (pick another --port or "
         "--host)",
         addr);
-  }
-  if (opts.metrics_port >= 0) {
-    const Shared& sh = impl->shared;
-    TPS_ASSIGN_OR_RETURN(impl->metrics_http, MetricsHttpServer::Start(opts.host, opts.metrics_port, [&sh] {
-                           return sh.metrics->Render(*sh.counters);
-                         }));
   }
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }

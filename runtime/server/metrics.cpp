@@ -160,9 +160,10 @@ std::string ServingMetrics::Render(const ServerCounters& counters) const {
                       "cancelled or went away).",
                       "code", failed_);
     w.Counter("tpserve_prompt_tokens_total",
-              "Prompt tokens prefilled (counted at each request's first token).",
+              "Prompt tokens of requests that got their first token (prefix cache hits included).",
               static_cast<double>(prompt_tokens_));
-    w.Histo("tpserve_time_to_first_token_seconds", "From a request's arrival to its first token.", ttft_);
+    w.Histo("tpserve_time_to_first_token_seconds", "From a request's arrival (the RPC) to its first token.",
+            ttft_);
     w.Histo("tpserve_inter_token_latency_seconds", "Between consecutive tokens of a request.", itl_);
     w.Histo("tpserve_e2e_request_latency_seconds", "From a request's arrival to its last token.", e2e_);
   }
@@ -171,14 +172,16 @@ std::string ServingMetrics::Render(const ServerCounters& counters) const {
   w.Counter("tpserve_generation_tokens_total", "Tokens generated, over all requests.",
             static_cast<double>(counters.generated_tokens));
   w.Gauge("tpserve_num_requests_running", "Sequences in the running batch.", e.running);
-  w.Gauge("tpserve_num_requests_waiting", "Requests waiting for admission (or preempted).", e.waiting);
+  w.Gauge("tpserve_num_requests_waiting", "Requests waiting for admission (KV blocks or a batch slot).",
+          e.waiting);
   w.Gauge("tpserve_kv_cache_usage_ratio", "Share of the KV cache's blocks in use (0 to 1).",
           e.kv_total_blocks > 0
               ? static_cast<double>(e.kv_total_blocks - e.kv_free_blocks) / e.kv_total_blocks
               : 0.0);
   w.Gauge("tpserve_kv_cache_total_blocks", "Blocks of the paged KV cache (the same on every rank).",
           static_cast<double>(e.kv_total_blocks));
-  w.Gauge("tpserve_kv_cache_free_blocks", "Blocks of the paged KV cache on the free list.",
+  w.Gauge("tpserve_kv_cache_free_blocks",
+          "Blocks of the paged KV cache a new request can take (free, or cached and unused).",
           static_cast<double>(e.kv_free_blocks));
   w.Gauge("tpserve_kv_cache_capacity_tokens", "Tokens the KV cache holds.",
           static_cast<double>(e.kv_capacity_tokens));

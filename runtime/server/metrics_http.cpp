@@ -23,11 +23,19 @@ MetricsHttpServer::~MetricsHttpServer() {
 }
 
 Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::string& host, int port,
-                                                                    Render render) {
+                                                                    Render render, Healthy healthy) {
+  if (port < 0 || port > 65535) {
+    return TPS_ERROR("the metrics port {} is not a TCP port (pass --metrics-port in 0-65535)", port);
+  }
   auto impl = std::make_unique<Impl>();
   httplib::Server& http = impl->http;
-  // One worker: a scrape every few seconds needs no more, and the ranks own the cores.
-  http.new_task_queue = [] { return new httplib::ThreadPool(1); };
+  // A few workers: a scrape every few seconds needs no more, and the ranks own the cores. One
+  // request per connection and short timeouts, so that an idle or kept-alive connection holds a
+  // worker (and the shutdown, which waits for the workers) for at most a second, not httplib's 5.
+  http.new_task_queue = [] { return new httplib::ThreadPool(4); };
+  http.set_keep_alive_max_count(1);
+  http.set_keep_alive_timeout(1);
+  http.set_read_timeout(1, 0);
   // SO_REUSEADDR only: httplib's default SO_REUSEPORT would let a second server share a taken port.
   http.set_socket_options([](socket_t sock) {
     int yes = 1;
@@ -35,6 +43,11 @@ Result<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::s
   });
   http.Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {
     res.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http.Get("/health", [healthy](const httplib::Request&, httplib::Response& res) {
+    const bool ok = healthy();
+    res.status = ok ? 200 : 503;
+    res.set_content(ok ? "SERVING\n" : "NOT_SERVING\n", "text/plain");
   });
   const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
   if (bound <= 0) {
