@@ -365,7 +365,8 @@ Emitted RunRounds(LlamaModel& model, const EngineOptions& opts,
 // rounds: A alone; then B (A's first 35 tokens), C (A's prompt) and D (A's first 20) together;
 // then F, a next turn: A's prompt, A's answer and 4 more tokens. With blocks of 16 tokens, B and
 // C find 2 of A's blocks, D 1, and F 3 (the third holds 8 of A's generated tokens): 128 tokens.
-std::vector<std::vector<RequestSpec>> SharedPrefixRounds(const std::vector<int32_t>& a_answer,
+// A's answer comes from a run of A alone on an engine with options `opts`.
+std::vector<std::vector<RequestSpec>> SharedPrefixRounds(LlamaModel& model, const EngineOptions& opts,
                                                          bool logprobs) {
   std::vector<int32_t> p;
   for (int j = 0; j < 40; ++j) p.push_back((11 + 37 * j) % 1000);
@@ -382,8 +383,10 @@ std::vector<std::vector<RequestSpec>> SharedPrefixRounds(const std::vector<int32
     for (int j = 0; j < n; ++j) head.push_back((seed + 53 * j) % 1000);
     return head;
   };
+  EngineStats stats;
+  const Emitted alone = RunRounds(model, opts, {{req(1, p)}}, &stats);
   std::vector<int32_t> f = p;
-  f.insert(f.end(), a_answer.begin(), a_answer.end());
+  for (const auto& [token, logprob] : alone.at(1)) f.push_back(token);
   return {{req(1, p)},
           {req(2, with_tail({p.begin(), p.begin() + 35}, 5, 3)), req(3, p),
            req(4, with_tail({p.begin(), p.begin() + 20}, 20, 7))},
@@ -401,10 +404,7 @@ TEST_P(TpForward, PrefixCacheSharesBlocksAndKeepsTheTokens) {
   off.prefix_cache = false;
   EngineStats off_stats, on_stats;
   // A's answer first (F's prompt holds it), from a cache-less run of round 1.
-  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, false)[0]}, &off_stats);
-  std::vector<int32_t> a_answer;
-  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
-  const auto rounds = SharedPrefixRounds(a_answer, false);
+  const auto rounds = SharedPrefixRounds(model, off, false);
   const Emitted want = RunRounds(model, off, rounds, &off_stats);
   const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
   ASSERT_EQ(got.size(), 5u);
@@ -442,10 +442,7 @@ TEST_P(TpForward, PrefixCacheWithShortMemoryChunkedPrefillAndACancel) {
   EngineOptions off = on;
   off.prefix_cache = false;
   EngineStats off_stats, on_stats;
-  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, false)[0]}, &off_stats);
-  std::vector<int32_t> a_answer;
-  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
-  const auto rounds = SharedPrefixRounds(a_answer, false);
+  const auto rounds = SharedPrefixRounds(model, off, false);
   const Emitted want = RunRounds(model, off, rounds, &off_stats, /*cancel=*/3, /*cancel_after=*/3);
   const Emitted got = RunRounds(model, on, rounds, &on_stats, /*cancel=*/3, /*cancel_after=*/3);
   for (uint64_t id : {1, 2, 4, 5}) {
@@ -478,10 +475,7 @@ TEST_P(TpForward, DeterministicBf16PrefixCacheHitsAreBitwiseUncached) {
   EngineOptions off;
   off.prefix_cache = false;
   EngineStats off_stats, on_stats;
-  const Emitted first = RunRounds(model, off, {SharedPrefixRounds({}, true)[0]}, &off_stats);
-  std::vector<int32_t> a_answer;
-  for (const auto& [token, logprob] : first.at(1)) a_answer.push_back(token);
-  const auto rounds = SharedPrefixRounds(a_answer, true);
+  const auto rounds = SharedPrefixRounds(model, off, true);
   const Emitted want = RunRounds(model, off, rounds, &off_stats);
   const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
   EXPECT_EQ(on_stats.prefix_hit_tokens, 128);
