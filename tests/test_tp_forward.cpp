@@ -759,6 +759,36 @@ TEST(Stories260K, Greedy199IdenticalAtEveryTpSize) {
   }
 }
 
+// The prefix cache on trained weights: a first request decodes 99 tokens of the recorded greedy
+// sequence; a second one, whose prompt is that sequence's first 151 tokens, finds the first's 6
+// full blocks cached (96 tokens), prefills the rest, and continues the recorded sequence.
+TEST(Stories260K, PrefixCacheHitContinuesTheRecordedSequence) {
+  const std::string shared = testing::SharedDir();
+  if (shared.empty())
+    GTEST_SKIP() << "../shared (or $TPSERVE_SHARED) not found: skipping the stories260K test";
+  auto world = MpiComm::World();
+  auto model_or = LoadModel(Opts(shared + "/models/stories260K"), *world);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  const std::vector<int32_t>& recorded = kStories199;
+  auto req = [](uint64_t id, std::vector<int32_t> prompt, int n) {
+    RequestSpec r;
+    r.id = id;
+    r.prompt = std::move(prompt);
+    r.max_new_tokens = n;
+    r.ignore_eos = true;
+    return r;
+  };
+  std::vector<int32_t> long_prompt = {1};
+  long_prompt.insert(long_prompt.end(), recorded.begin(), recorded.begin() + 150);
+  EngineStats stats;
+  const Emitted got =
+      RunRounds(*model_or.value(), EngineOptions(), {{req(1, {1}, 99)}, {req(2, long_prompt, 49)}}, &stats);
+  EXPECT_EQ(stats.prefix_hit_tokens, 96);
+  std::vector<int32_t> second;
+  for (const auto& [token, logprob] : got.at(2)) second.push_back(token);
+  EXPECT_EQ(second, std::vector<int32_t>(recorded.begin() + 150, recorded.end())) << "TP " << world->size();
+}
+
 // int8 on trained weights: stories260K teacher-forced along its recorded greedy sequence,
 // int8 logits against the float64 reference (reported: worst error and greedy agreement). A
 // 64-wide toy model is per-channel int8's worst case (3% error at the first step, growing through
