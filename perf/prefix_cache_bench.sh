@@ -41,8 +41,8 @@ done
 for rep in $(seq 1 "$REPEATS"); do
   for c in $LEVELS; do
     for mode in cache nocache; do
-      # The same prompts for both servers (same seed); a new seed per repeat, so that a repeat's
-      # private tails are not cached by the one before.
+      # The same prompts for both servers (same seed); a new seed per repeat and level, so that no
+      # level's prompts (shared prefix and private tails) are cached by another's.
       "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:${port[$mode]}" load --concurrency "$c" \
         --requests $((c * ROUNDS)) --prompt-len "$PROMPT_LEN" --shared-prefix-len "$SHARED" \
         --max-new-tokens "$TOKENS" --seed $((rep * 1000 + c)) |

@@ -41,8 +41,10 @@ wait_healthy --addr "127.0.0.1:$port" || { echo "serving_bench: the server did n
 : >"$WORK/points.jsonl"
 for rep in $(seq 1 "$REPEATS"); do
   for c in $LEVELS; do
+    # A seed per sweep and level: no request repeats another's prompt, so the prefix cache (on by
+    # default) finds nothing to share in these random prompts.
     "${LOW[@]}" "$BIN/tpserve-cli" --addr "127.0.0.1:$port" load --concurrency "$c" --requests $((c * ROUNDS)) \
-      --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
+      --prompt-len "$PROMPT_LEN" --max-new-tokens "$TOKENS" --seed $((rep * 1000 + c)) | sed "s/^{/{\"sweep\":$rep,/" | tee -a "$WORK/points.jsonl" >&2
   done
 done
 kill -TERM "$(gateway_pid --addr "127.0.0.1:$port")"

@@ -16,9 +16,9 @@ class MetricsHttpServer {
  public:
   using Render = std::function<std::string()>;
   using Healthy = std::function<bool()>;
-  // Listens on host:port (0: any free port) and serves from a thread of its own. The thread is
-  // born in the caller's thread and inherits its scheduling (see Gateway::Start). A taken port
-  // is an error naming the flag to change.
+  // Listens on host:port (0: any free port) and serves from a listener thread and up to 4 worker
+  // threads of its own, born in the caller's thread so that they inherit its scheduling (see
+  // Gateway::Start). A taken port is an error naming the flag to change.
   static Result<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host, int port, Render render,
                                                           Healthy healthy);
   ~MetricsHttpServer();  // Stop()
