@@ -462,6 +462,41 @@ TEST_P(TpForward, PrefixCacheWithShortMemoryChunkedPrefillAndACancel) {
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
 
+// Requests with one 40-token prefix arriving together (X, Y, Z, with different 8-token tails):
+// X prefills it, and Y and Z wait until its blocks are cached and share the first two (64 tokens)
+// instead of computing them alongside, whole or in chunks of 8; the tokens are those without the
+// cache.
+TEST_P(TpForward, PromptsArrivingTogetherShareTheirPrefix) {
+  const std::string dir = SharedSyntheticModel(*world_, GetParam(), "together");
+  auto model_or = LoadModel(Opts(dir), *world_);
+  ASSERT_TRUE(model_or.ok()) << model_or.status().message();
+  LlamaModel& model = *model_or.value();
+  std::vector<RequestSpec> reqs(3);
+  for (int i = 0; i < 3; ++i) {
+    reqs[i].id = i + 1;
+    reqs[i].max_new_tokens = 6;
+    reqs[i].ignore_eos = true;
+    for (int j = 0; j < 40; ++j) reqs[i].prompt.push_back((17 + 41 * j) % 1000);
+    for (int j = 0; j < 8; ++j) reqs[i].prompt.push_back((100 * i + 7 * j) % 1000);
+  }
+  for (int chunk : {0, 8}) {
+    EngineOptions on, off;
+    on.chunked_prefill_size = off.chunked_prefill_size = chunk;
+    off.prefix_cache = false;
+    EngineStats on_stats, off_stats;
+    const Emitted want = RunRounds(model, off, {reqs}, &off_stats);
+    const Emitted got = RunRounds(model, on, {reqs}, &on_stats);
+    EXPECT_EQ(on_stats.prefix_hit_tokens, 64) << "chunk " << chunk;
+    ASSERT_EQ(got.size(), 3u);
+    for (const auto& [id, pairs] : want) {
+      ASSERT_EQ(got.at(id).size(), pairs.size());
+      for (size_t i = 0; i < pairs.size(); ++i)
+        EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
+    }
+  }
+  if (world_->rank() == 0) std::filesystem::remove_all(dir);
+}
+
 // Deterministic mode in bf16: a request that finds its prefix in the cache gets bit-for-bit the
 // tokens and logprobs it gets without the cache.
 TEST_P(TpForward, DeterministicBf16PrefixCacheHitsAreBitwiseUncached) {

@@ -221,16 +221,33 @@ void BatchEngine::Apply(const StepPlan& plan) {
   }
 }
 
+bool BatchEngine::PrefixBeingPrefilled(const Sequence& s, int shared) const {
+  if (!cache_.enabled()) return false;
+  const int bs = pool_.block_size();
+  const size_t begin = static_cast<size_t>(shared) * bs, end = begin + bs;
+  if (end + 1 > s.tokens.size()) return false;  // no further block of the prompt to share
+  for (const auto& rp : running_) {
+    const Sequence& r = *rp;
+    // r registers its block `shared` next: its chain is s's so far, unbroken, and it has not yet
+    // computed that block, whose tokens are s's.
+    if (r.chain.broken || r.chain.blocks != shared || r.chain.hash != s.chain.hash) continue;
+    if (r.tokens.size() < end || r.kv.length >= static_cast<int>(end)) continue;
+    if (std::equal(s.tokens.begin() + begin, s.tokens.begin() + end, r.tokens.begin() + begin)) return true;
+  }
+  return false;
+}
+
 Result<std::vector<TokenEvent>> BatchEngine::Step() {
   const ModelConfig& cfg = model_.config();
   // FCFS admission: the head of the queue waits until its whole reservation fits. Its prompt's
-  // cached prefix is shared; at least its last prompt token is computed, for the logits.
+  // cached prefix is shared; at least its last prompt token is computed, for the logits. It also
+  // waits while a running sequence prefills the next block of that prefix, to share it too.
   while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_running_requests) {
     Sequence& s = *waiting_.front();
     const int64_t blocks = KvCachePool::BlocksFor(ReservedTokens(s.spec, context_), pool_.block_size());
     const int prompt = static_cast<int>(s.tokens.size());
     const int shared = cache_.Match(s.tokens, prompt - 1, &s.kv.blocks, &s.chain);
-    if (!cache_.Allocate(blocks - shared, &s.kv.blocks)) {
+    if (PrefixBeingPrefilled(s, shared) || !cache_.Allocate(blocks - shared, &s.kv.blocks)) {
       cache_.Release(&s.kv.blocks);
       break;
     }

@@ -111,6 +111,10 @@ class BatchEngine {
   std::vector<std::unique_ptr<Sequence>> running_;
   KvCachePool pool_;
   PrefixCache cache_;  // owns the pool's blocks from here on
+  // Whether a running sequence is about to cache the block after the `shared` blocks that s
+  // found, with s's tokens (requests with one system prompt arriving together: the first
+  // prefills it, the others wait a step or a few and share it instead of computing it again).
+  bool PrefixBeingPrefilled(const Sequence& s, int shared) const;
   int64_t prefix_query_tokens_ = 0, prefix_hit_tokens_ = 0;
   // (items, local vocab) scratch, on cache lines (see LlamaModel::Scratch)
   kernels::AlignedVector<float> logits_;
