@@ -361,6 +361,23 @@ Emitted RunRounds(LlamaModel& model, const EngineOptions& opts,
   return out;
 }
 
+// Every request of `want` emitted the same tokens in `got` (and, with bitwise_logprobs, logprobs
+// with the same bits).
+void ExpectSameTokens(const Emitted& got, const Emitted& want, bool bitwise_logprobs = false) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [id, pairs] : want) {
+    ASSERT_EQ(got.at(id).size(), pairs.size()) << "request " << id;
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << "request " << id << " token " << i;
+      if (bitwise_logprobs) {
+        EXPECT_EQ(std::memcmp(&got.at(id)[i].second, &pairs[i].second, sizeof(float)), 0)
+            << "request " << id << " token " << i << ": logprob " << got.at(id)[i].second << " vs "
+            << pairs[i].second;
+      }
+    }
+  }
+}
+
 // Prompts that share prefixes with a first request A (40 tokens, then 12 new ones), in three
 // rounds: A alone; then B (A's first 35 tokens), C (A's prompt) and D (A's first 20) together;
 // then F, a next turn: A's prompt, A's answer and 4 more tokens. With blocks of 16 tokens, B and
@@ -408,11 +425,7 @@ TEST_P(TpForward, PrefixCacheSharesBlocksAndKeepsTheTokens) {
   const Emitted want = RunRounds(model, off, rounds, &off_stats);
   const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
   ASSERT_EQ(got.size(), 5u);
-  for (const auto& [id, pairs] : want) {
-    ASSERT_EQ(got.at(id).size(), pairs.size()) << "request " << id;
-    for (size_t i = 0; i < pairs.size(); ++i)
-      EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
-  }
+  ExpectSameTokens(got, want);
   EXPECT_EQ(on_stats.prefix_hit_tokens, 128);
   EXPECT_EQ(on_stats.prefix_query_tokens, 40 + 40 + 40 + 40 + 56);
   EXPECT_EQ(off_stats.prefix_hit_tokens, 0);
@@ -487,12 +500,8 @@ TEST_P(TpForward, PromptsArrivingTogetherShareTheirPrefix) {
     const Emitted want = RunRounds(model, off, {reqs}, &off_stats);
     const Emitted got = RunRounds(model, on, {reqs}, &on_stats);
     EXPECT_EQ(on_stats.prefix_hit_tokens, 64) << "chunk " << chunk;
-    ASSERT_EQ(got.size(), 3u);
-    for (const auto& [id, pairs] : want) {
-      ASSERT_EQ(got.at(id).size(), pairs.size());
-      for (size_t i = 0; i < pairs.size(); ++i)
-        EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
-    }
+    EXPECT_EQ(got.size(), 3u);
+    ExpectSameTokens(got, want);
   }
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
@@ -514,16 +523,7 @@ TEST_P(TpForward, DeterministicBf16PrefixCacheHitsAreBitwiseUncached) {
   const Emitted want = RunRounds(model, off, rounds, &off_stats);
   const Emitted got = RunRounds(model, EngineOptions(), rounds, &on_stats);
   EXPECT_EQ(on_stats.prefix_hit_tokens, 128);
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [id, pairs] : want) {
-    ASSERT_EQ(got.at(id).size(), pairs.size()) << "request " << id;
-    for (size_t i = 0; i < pairs.size(); ++i) {
-      EXPECT_EQ(got.at(id)[i].first, pairs[i].first) << id << " " << i;
-      EXPECT_EQ(std::memcmp(&got.at(id)[i].second, &pairs[i].second, sizeof(float)), 0)
-          << "request " << id << " token " << i << ": logprob " << got.at(id)[i].second << " vs "
-          << pairs[i].second;
-    }
-  }
+  ExpectSameTokens(got, want, /*bitwise_logprobs=*/true);
   model.SetDeterministic(false);
   if (world_->rank() == 0) std::filesystem::remove_all(dir);
 }
