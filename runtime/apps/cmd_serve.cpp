@@ -44,8 +44,8 @@ struct ServeFlags {
 int MetricsPort(const ServeFlags& f) {
   if (f.metrics_port >= 0) return f.metrics_port;
   if (!f.enable_metrics) return -1;
-  return f.gateway.port > 0 ? f.gateway.port + 1
-                            : 0;  // 65536 for --port 65535: an error naming --metrics-port
+  // (--port 65535 gives 65536, which the metrics server rejects naming --metrics-port.)
+  return f.gateway.port > 0 ? f.gateway.port + 1 : 0;
 }
 
 // Rank 0 only: the gateway, with the facts GetModelInfo / GetServerInfo report.
