@@ -39,6 +39,10 @@ struct ServerCounters {
   // The health service's answer (mu held): not draining, and no rank late for the heartbeat
   // (hung: requests would wait for the collective timeout).
   bool ServingLocked() const { return !draining && std::chrono::steady_clock::now() <= stalled_after; }
+  bool Serving() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return ServingLocked();
+  }
 };
 
 // Rank 0. Returns when a shutdown was requested (stop_requested) and the engine drained or the

@@ -416,9 +416,8 @@ class HealthService final : public health::Health::Service {
  private:
   static bool Known(const std::string& s) { return s.empty() || s == "tpserve.v1.TpServe"; }
   health::HealthCheckResponse::ServingStatus Current() const {
-    std::lock_guard<std::mutex> lock(sh_.counters->mu);
-    return sh_.counters->ServingLocked() ? health::HealthCheckResponse::SERVING
-                                         : health::HealthCheckResponse::NOT_SERVING;
+    return sh_.counters->Serving() ? health::HealthCheckResponse::SERVING
+                                   : health::HealthCheckResponse::NOT_SERVING;
   }
   Shared& sh_;
 };
@@ -527,10 +526,7 @@ Result<std::unique_ptr<Gateway>> Gateway::StartHere(const GatewayOptions& opts, 
     TPS_ASSIGN_OR_RETURN(impl->metrics_http,
                          MetricsHttpServer::Start(
                              opts.host, opts.metrics_port, [&sh] { return sh.metrics->Render(*sh.counters); },
-                             [&sh] {
-                               std::lock_guard<std::mutex> lock(sh.counters->mu);
-                               return sh.counters->ServingLocked();
-                             }));
+                             [&sh] { return sh.counters->Serving(); }));
     impl->shared.info.flags["metrics_port"] = std::to_string(impl->metrics_http->port());  // the bound one
   }
   std::shared_ptr<grpc::ServerCredentials> creds;
